@@ -1,0 +1,401 @@
+//! The daemon's configuration: embedded defaults, a TOML file, then flags.
+//!
+//! One struct with defaults, deserialised with `deny_unknown_fields` so a typo
+//! in a key stops ffd at start instead of being silently ignored. Every key is
+//! documented in `daemon/ffd.example.toml`, which a test parses.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for journald or a log shipper.
+    Json,
+}
+
+/// When the spool syncs to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Written to the page cache before the ACK: survives a crash of ffd, not of the machine.
+    Never,
+    /// fdatasync before the ACK (group-committed): survives power loss.
+    Always,
+}
+
+/// Where accepted requests are kept until they finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolMode {
+    /// On disk under `spool_dir`.
+    Disk,
+    /// In memory only: everything pending is lost when ffd stops.
+    Memory,
+}
+
+/// What to do with a send when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Answer `spool_full` at once.
+    Reject,
+    /// Stop reading the connection until there is room (the caller blocks).
+    Block,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Path of the Unix socket.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file, as an octal string.
+    pub socket_mode: String,
+    /// Most connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest request line in bytes.
+    pub max_line_bytes: usize,
+    /// Text or JSON logs.
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `debug`, `ffd=debug,hyper=info`...).
+    pub log_level: String,
+    /// How long SIGTERM waits for in-flight deliveries before exiting.
+    pub shutdown_timeout_ms: u64,
+    /// Spool settings.
+    pub spool: SpoolConfig,
+    /// Delivery settings.
+    pub delivery: DeliveryConfig,
+    /// Named destinations: `dest` in a send picks one.
+    pub destinations: BTreeMap<String, Destination>,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Disk or memory.
+    pub mode: SpoolMode,
+    /// Directory of the spool files.
+    pub dir: PathBuf,
+    /// When to sync.
+    pub fsync: FsyncMode,
+    /// Bytes of spool files at most; past it, sends are refused with `spool_full`.
+    pub max_bytes: u64,
+    /// Size at which a segment file is closed and a new one started.
+    pub segment_bytes: u64,
+    /// Reject or block when full.
+    pub when_full: WhenFull,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Requests in flight at once, all hosts together.
+    pub max_in_flight: usize,
+    /// Requests in flight at once to one host.
+    pub max_in_flight_per_host: usize,
+    /// Per-attempt timeout unless a send gives `timeout_ms`.
+    pub timeout_ms: u64,
+    /// TCP+TLS connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Attempts unless a send gives `max_attempts`.
+    pub max_attempts: u32,
+    /// Give up this long after acceptance unless a send gives `ttl_ms`.
+    pub ttl_ms: u64,
+    /// Cap of the first retry wait; each later cap is `backoff_multiplier` times the one before.
+    pub backoff_base_ms: u64,
+    /// Growth of the wait cap per attempt.
+    pub backoff_multiplier: u32,
+    /// Largest wait between two attempts, `Retry-After` included.
+    pub backoff_max_ms: u64,
+    /// Consecutive failures that pause a host.
+    pub breaker_threshold: u32,
+    /// First pause of a failing host; doubles while it keeps failing.
+    pub breaker_cooldown_ms: u64,
+    /// Longest pause of a failing host.
+    pub breaker_cooldown_max_ms: u64,
+    /// Header that carries the request id to the receiver; empty to send none.
+    pub id_header: String,
+    /// `user-agent` sent unless the request sets one.
+    pub user_agent: String,
+    /// PEM file of extra CA certificates, trusted beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Bytes of a response body kept in the outcome, for debugging.
+    pub response_snippet_bytes: usize,
+    /// Finished (delivered) requests whose status is remembered.
+    pub status_history: usize,
+    /// Idle pooled connections kept per host.
+    pub pool_idle_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout_ms: u64,
+}
+
+/// A named destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Base URL; a send's `path` is appended to it.
+    pub url: String,
+    /// Headers added to every request to this destination (the request's own win).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: default_socket(),
+            socket_mode: "0600".into(),
+            max_connections: 1024,
+            max_line_bytes: ffd_proto::DEFAULT_MAX_LINE_BYTES,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            shutdown_timeout_ms: 10_000,
+            spool: SpoolConfig::default(),
+            delivery: DeliveryConfig::default(),
+            destinations: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            mode: SpoolMode::Disk,
+            dir: default_spool_dir(),
+            fsync: FsyncMode::Never,
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            when_full: WhenFull::Reject,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_in_flight: 256,
+            max_in_flight_per_host: 32,
+            timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            max_attempts: 10,
+            ttl_ms: 86_400_000,
+            backoff_base_ms: 5_000,
+            backoff_multiplier: 4,
+            backoff_max_ms: 6 * 3_600_000,
+            breaker_threshold: 5,
+            breaker_cooldown_ms: 30_000,
+            breaker_cooldown_max_ms: 600_000,
+            id_header: "ffd-id".into(),
+            user_agent: concat!("ffd/", env!("CARGO_PKG_VERSION")).into(),
+            ca_file: None,
+            response_snippet_bytes: 256,
+            status_history: 100_000,
+            pool_idle_per_host: 32,
+            pool_idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `$FFD_SOCKET`, else `/run/ffd/ffd.sock` as root, else
+/// `$XDG_RUNTIME_DIR/ffd.sock`, else a per-user directory under the temp dir.
+pub fn default_socket() -> PathBuf {
+    if let Some(p) = std::env::var_os("FFD_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if is_root() {
+        return PathBuf::from("/run/ffd/ffd.sock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return Path::new(&dir).join("ffd.sock");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir()
+        .join(format!("ffd-{uid}"))
+        .join("ffd.sock")
+}
+
+/// `/var/lib/ffd` as root, else `$XDG_STATE_HOME/ffd`, else `~/.local/state/ffd`.
+pub fn default_spool_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/ffd");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|p| !p.is_empty()) {
+        return Path::new(&dir).join("ffd");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|p| !p.is_empty()) {
+        return Path::new(&home).join(".local/state/ffd");
+    }
+    PathBuf::from("ffd-spool")
+}
+
+impl Config {
+    /// Reads and checks a TOML file; errors name the file, the key and the reason.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot: ranges and formats. The error names the key.
+    pub fn validate(&self) -> Result<()> {
+        fn at_least(key: &str, v: u64, min: u64) -> Result<()> {
+            if v < min {
+                bail!("key `{key}`: must be at least {min}, got {v}");
+            }
+            Ok(())
+        }
+        self.socket_mode_bits()?;
+        at_least("max_connections", self.max_connections as u64, 1)?;
+        at_least("max_line_bytes", self.max_line_bytes as u64, 256)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            bail!("key `log_level`: {e}");
+        }
+        at_least("spool.max_bytes", self.spool.max_bytes, 1 << 16)?;
+        at_least("spool.segment_bytes", self.spool.segment_bytes, 1 << 12)?;
+        if self.spool.segment_bytes > self.spool.max_bytes {
+            bail!("key `spool.segment_bytes`: must not exceed `spool.max_bytes`");
+        }
+        let d = &self.delivery;
+        at_least("delivery.max_in_flight", d.max_in_flight as u64, 1)?;
+        at_least(
+            "delivery.max_in_flight_per_host",
+            d.max_in_flight_per_host as u64,
+            1,
+        )?;
+        at_least("delivery.timeout_ms", d.timeout_ms, 1)?;
+        at_least("delivery.connect_timeout_ms", d.connect_timeout_ms, 1)?;
+        at_least("delivery.max_attempts", d.max_attempts as u64, 1)?;
+        if d.max_attempts > ffd_proto::MAX_ATTEMPTS {
+            bail!(
+                "key `delivery.max_attempts`: must be at most {}",
+                ffd_proto::MAX_ATTEMPTS
+            );
+        }
+        at_least("delivery.ttl_ms", d.ttl_ms, 1)?;
+        at_least("delivery.backoff_base_ms", d.backoff_base_ms, 1)?;
+        at_least(
+            "delivery.backoff_multiplier",
+            d.backoff_multiplier as u64,
+            1,
+        )?;
+        at_least(
+            "delivery.backoff_max_ms",
+            d.backoff_max_ms,
+            d.backoff_base_ms,
+        )?;
+        at_least("delivery.breaker_threshold", d.breaker_threshold as u64, 1)?;
+        at_least("delivery.breaker_cooldown_ms", d.breaker_cooldown_ms, 1)?;
+        at_least(
+            "delivery.breaker_cooldown_max_ms",
+            d.breaker_cooldown_max_ms,
+            d.breaker_cooldown_ms,
+        )?;
+        if !d.id_header.is_empty() && http::HeaderName::from_bytes(d.id_header.as_bytes()).is_err()
+        {
+            bail!(
+                "key `delivery.id_header`: not a valid header name: {:?}",
+                d.id_header
+            );
+        }
+        if http::HeaderValue::from_str(&d.user_agent).is_err() {
+            bail!("key `delivery.user_agent`: not a valid header value");
+        }
+        if let Some(ca) = &d.ca_file {
+            if !ca.is_file() {
+                bail!("key `delivery.ca_file`: no such file: {}", ca.display());
+            }
+        }
+        for (name, dest) in &self.destinations {
+            let key = format!("destinations.{name}");
+            if let Err(e) = ffd_proto::validate_url(&dest.url) {
+                bail!("key `{key}.url`: {}", e.message.replace("`url` ", ""));
+            }
+            if dest.url.contains('?') {
+                bail!("key `{key}.url`: a destination URL must not have a query; sends add it with `path`");
+            }
+            for (h, v) in &dest.headers {
+                let hn = http::HeaderName::from_bytes(h.as_bytes());
+                if hn.is_err() || http::HeaderValue::from_str(v).is_err() {
+                    bail!("key `{key}.headers.{h}`: not a valid header name and value");
+                }
+                if ffd_proto::HOP_BY_HOP.contains(&h.to_ascii_lowercase().as_str()) {
+                    bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket mode as permission bits.
+    pub fn socket_mode_bits(&self) -> Result<u32> {
+        let bits = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|b| *b <= 0o777)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "key `socket_mode`: must be octal permission bits like \"0600\", got {:?}",
+                    self.socket_mode
+                )
+            })?;
+        if bits & 0o007 != 0 {
+            bail!(
+                "key `socket_mode`: {:?} gives access to every user; use 0660 with a group, or 0600",
+                self.socket_mode
+            );
+        }
+        Ok(bits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ffd.example.toml");
+        let cfg = Config::load(&path).expect("example config");
+        let def = Config::default();
+        assert_eq!(cfg.delivery.max_attempts, def.delivery.max_attempts);
+        assert_eq!(cfg.delivery.backoff_base_ms, def.delivery.backoff_base_ms);
+        assert_eq!(cfg.spool.max_bytes, def.spool.max_bytes);
+        assert_eq!(cfg.max_line_bytes, def.max_line_bytes);
+        assert!(cfg.destinations.contains_key("hooks"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = |toml: &str, needle: &str| {
+            let err = toml::from_str::<Config>(toml)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+                .expect_err(toml);
+            assert!(err.contains(needle), "{toml}: {err}");
+        };
+        bad("sockte = \"/x\"", "sockte");
+        bad("[delivery]\nmax_in_flight = 0", "delivery.max_in_flight");
+        bad("[delivery]\ntimeout_ms = \"5\"", "timeout_ms");
+        bad("socket_mode = \"0666\"", "socket_mode");
+        bad("socket_mode = \"rw\"", "socket_mode");
+        bad("[destinations.a]\nurl = \"ftp://x\"", "destinations.a.url");
+        bad("log_level = \"[[\"", "log_level");
+    }
+}

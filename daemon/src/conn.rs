@@ -1,0 +1,172 @@
+//! One client connection: split the byte stream into lines, answer each.
+//!
+//! Lines are read into a buffer that never holds more than `max_line_bytes`
+//! of one line: a longer line is skipped as it streams in and answered
+//! `line_too_long`. All complete lines of one read are handled as a batch, so
+//! a pipelining client costs one spool write and one socket write per read,
+//! not per line; answers still go out in the order of the lines.
+
+use crate::control;
+use crate::scheduler::Engine;
+use ffd_proto::{ErrorCode, Line, ProtoError, SendRequest};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tracing::debug;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One slot of the answer to a batch, in line order.
+enum Slot {
+    /// An answer known at once (an error or a control op's result).
+    Ready(Vec<u8>),
+    /// The n-th send of the batch, answered once the batch is accepted.
+    Send(usize),
+}
+
+/// Lines of one read, waiting to be answered.
+#[derive(Default)]
+struct Batch {
+    slots: Vec<Slot>,
+    sends: Vec<SendRequest>,
+}
+
+/// What the connection may do, decided at accept time.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// May run `replay` and `purge`.
+    pub admin: bool,
+}
+
+/// Serves one connection until the client closes it (or an I/O error).
+pub async fn serve(stream: UnixStream, engine: Arc<Engine>, max_line: usize, peer: Peer) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    // The unfinished line carried between reads; never longer than max_line.
+    let mut partial: Vec<u8> = Vec::new();
+    let mut discarding = false;
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "read failed; closing connection");
+                return;
+            }
+        };
+        let mut batch = Batch::default();
+        let mut data = &chunk[..n];
+        while let Some(pos) = memchr::memchr(b'\n', data) {
+            let piece = &data[..pos];
+            data = &data[pos + 1..];
+            if discarding {
+                discarding = false;
+                push_error(&mut batch, &engine, too_long(max_line));
+            } else if partial.is_empty() {
+                handle_line(piece, &mut batch, &engine, &mut out, &mut wr, peer).await;
+            } else if partial.len() + piece.len() > max_line {
+                partial.clear();
+                push_error(&mut batch, &engine, too_long(max_line));
+            } else {
+                partial.extend_from_slice(piece);
+                let line = std::mem::take(&mut partial);
+                handle_line(&line, &mut batch, &engine, &mut out, &mut wr, peer).await;
+                partial = line;
+                partial.clear();
+            }
+        }
+        if !discarding {
+            if partial.len() + data.len() > max_line {
+                partial.clear();
+                partial.shrink_to(READ_CHUNK);
+                discarding = true;
+            } else {
+                partial.extend_from_slice(data);
+            }
+        }
+        if flush(&mut batch, &engine, &mut out, &mut wr).await.is_err() {
+            return;
+        }
+    }
+    // The client closed its side: lines fully received are still answered.
+    // A last line without `\n` counts as complete, as most tools treat it.
+    let mut batch = Batch::default();
+    if discarding {
+        push_error(&mut batch, &engine, too_long(max_line));
+    } else if !partial.is_empty() {
+        let line = std::mem::take(&mut partial);
+        handle_line(&line, &mut batch, &engine, &mut out, &mut wr, peer).await;
+    }
+    let _ = flush(&mut batch, &engine, &mut out, &mut wr).await;
+    let _ = wr.shutdown().await;
+}
+
+fn too_long(max_line: usize) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::LineTooLong,
+        format!("line is longer than max_line_bytes ({max_line}); skipped"),
+    )
+}
+
+fn push_error(batch: &mut Batch, engine: &Engine, e: ProtoError) {
+    engine.count_rejected(e.code);
+    let mut buf = Vec::with_capacity(64 + e.message.len());
+    ffd_proto::write_error(&mut buf, e.code, &e.message);
+    batch.slots.push(Slot::Ready(buf));
+}
+
+async fn handle_line(
+    line: &[u8],
+    batch: &mut Batch,
+    engine: &Arc<Engine>,
+    out: &mut Vec<u8>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    peer: Peer,
+) {
+    match ffd_proto::parse_line(line) {
+        Ok(Line::Send(req)) => {
+            batch.slots.push(Slot::Send(batch.sends.len()));
+            batch.sends.push(req);
+        }
+        Ok(Line::Op(op)) => {
+            // An op sees the effect of every send before it on the connection.
+            if !batch.sends.is_empty() {
+                let _ = flush(batch, engine, out, wr).await;
+            }
+            let mut buf = Vec::new();
+            control::handle(op, engine, peer, &mut buf);
+            batch.slots.push(Slot::Ready(buf));
+        }
+        Err(e) => push_error(batch, engine, e),
+    }
+}
+
+/// Accepts the batch's sends (one spool write) and writes every answer.
+async fn flush(
+    batch: &mut Batch,
+    engine: &Engine,
+    out: &mut Vec<u8>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    if batch.slots.is_empty() {
+        return Ok(());
+    }
+    let sends = std::mem::take(&mut batch.sends);
+    let results = if sends.is_empty() {
+        Vec::new()
+    } else {
+        engine.accept(sends).await
+    };
+    out.clear();
+    for slot in batch.slots.drain(..) {
+        match slot {
+            Slot::Ready(buf) => out.extend_from_slice(&buf),
+            Slot::Send(i) => match &results[i] {
+                Ok(id) => ffd_proto::write_ok_id(out, id),
+                Err(e) => ffd_proto::write_error(out, e.code, &e.message),
+            },
+        }
+    }
+    wr.write_all(out).await
+}

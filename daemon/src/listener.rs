@@ -1,0 +1,106 @@
+//! The Unix socket: bind (replacing a stale file, never a live ffd), set its
+//! mode, accept within the connection limit.
+
+use crate::conn::{self, Peer};
+use crate::scheduler::Engine;
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+/// Binds the socket at `path` with permission bits `mode`.
+///
+/// A socket file nobody answers on (left by a dead ffd) is replaced; a socket
+/// a live process answers on, or a file that is not a socket, stops start-up.
+pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            // Traversable by the group when the socket is meant for a group.
+            let dir_mode = if mode & 0o070 != 0 { 0o750 } else { 0o700 };
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "another process (probably ffd) is listening on {}; stop it or pick another --socket",
+                    path.display()
+                ),
+                Err(_) => {
+                    info!(socket = %path.display(), "replacing stale socket file");
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+                }
+            }
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    // Bind under a strict umask so the socket is never reachable with looser
+    // bits, even for the instant before chmod. Nothing else creates files
+    // this early, so the process-wide umask is safe to flip.
+    // SAFETY: umask has no preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("cannot bind socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode of {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Accepts connections until `stop` turns true; each is served on its own
+/// task, at most `max_connections` at once (the rest wait in the backlog).
+pub async fn run(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    max_connections: usize,
+    max_line: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    // SAFETY: geteuid has no preconditions.
+    let my_uid = unsafe { libc::geteuid() };
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let peer = Peer {
+            admin: matches!(uid, Some(u) if u == 0 || u == my_uid),
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine.connections.fetch_add(1, Ordering::Relaxed);
+            debug!(?uid, "connection opened");
+            conn::serve(stream, engine.clone(), max_line, peer).await;
+            engine.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}

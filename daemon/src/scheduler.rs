@@ -1,0 +1,1047 @@
+//! The scheduler: every accepted request, its state, per-host queues, timers
+//! and the dispatcher that starts deliveries within the limits.
+//!
+//! One `std::sync::Mutex` guards the state: every critical section is short
+//! and never awaits, so a blocking mutex is cheaper than tokio's and cannot be
+//! held across a delivery. The dispatcher is a single task woken by a
+//! `Notify` (new work, a finished attempt) or by the earliest timer.
+//!
+//! Isolation: each host has its own queues and in-flight limit, hosts are
+//! served round-robin, and within a host first attempts and retries alternate,
+//! so neither a dead host nor a pile of retries holds back anyone else.
+
+use crate::config::{Config, DeliveryConfig, WhenFull};
+use crate::deliver::{Attempt, Deliverer};
+use crate::job::{host_key, Job};
+use crate::retry::{Backoff, Verdict};
+use crate::spool::{Kind, Outcome, Spool};
+use bytes::Bytes;
+use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
+use http::{HeaderName, HeaderValue, Method, Uri};
+use serde_json::{json, Value};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Ready, waiting for a free slot.
+    Queued,
+    /// Waiting for its `delay_ms` or its next retry.
+    Waiting,
+    /// An attempt is running.
+    InFlight,
+    /// Delivered (2xx).
+    Delivered,
+    /// Failed for good: a final status, or attempts spent.
+    Dead,
+    /// Its ttl passed before it could be delivered.
+    Expired,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::Waiting => "waiting",
+            Phase::InFlight => "in_flight",
+            Phase::Delivered => "delivered",
+            Phase::Dead => "dead",
+            Phase::Expired => "expired",
+        }
+    }
+
+    fn is_pending(self) -> bool {
+        matches!(self, Phase::Queued | Phase::Waiting | Phase::InFlight)
+    }
+}
+
+struct Entry {
+    /// Dropped once delivered, so the body's memory is freed.
+    job: Option<Arc<Job>>,
+    host: u32,
+    phase: Phase,
+    attempts: u32,
+    next_ms: u64,
+    accepted_ms: u64,
+    finished_ms: u64,
+    /// Bytes reserved against `spool.max_bytes`.
+    bytes: u64,
+    last_status: Option<u16>,
+    last_error: Option<Box<str>>,
+    snippet: Option<Box<str>>,
+    /// Key in `State::dead` while a dead letter.
+    dead_seq: u64,
+}
+
+struct Host {
+    key: String,
+    fresh: VecDeque<Arc<str>>,
+    retry: VecDeque<Arc<str>>,
+    retry_turn: bool,
+    in_flight: usize,
+    pending: usize,
+    failures: u32,
+    paused_until: u64,
+    cooldown_ms: u64,
+    last_success_ms: u64,
+    last_failure_ms: u64,
+    last_error: Option<Box<str>>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Entry(Arc<str>),
+    Host,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: u64,
+    delivered: u64,
+    retried: u64,
+    dead: u64,
+    expired: u64,
+    duplicates: u64,
+}
+
+struct State {
+    entries: HashMap<Arc<str>, Entry>,
+    hosts: Vec<Host>,
+    host_index: HashMap<String, u32>,
+    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    finished: VecDeque<Arc<str>>,
+    dead: BTreeMap<u64, Arc<str>>,
+    next_dead_seq: u64,
+    in_flight: usize,
+    pending: usize,
+    bytes: u64,
+    rr: usize,
+    draining: bool,
+    counters: Counters,
+}
+
+/// The scheduler and its handles: shared by connections (accept, ops), the
+/// dispatcher and delivery tasks.
+pub struct Engine {
+    delivery: DeliveryConfig,
+    destinations: HashMap<String, (Uri, Vec<(HeaderName, HeaderValue)>)>,
+    max_bytes: u64,
+    when_full: WhenFull,
+    backoff: Backoff,
+    state: Mutex<State>,
+    wake: Notify,
+    idle: Notify,
+    room: Notify,
+    deliverer: Arc<Deliverer>,
+    spool: Option<Arc<Spool>>,
+    rejected: [AtomicU64; ErrorCode::ALL.len()],
+    /// Connections open now.
+    pub connections: AtomicUsize,
+    started: Instant,
+}
+
+/// Whether an accept reserved room.
+enum Room {
+    Reserved,
+    Full,
+}
+
+impl Engine {
+    /// A scheduler for `cfg`, delivering with `deliverer`, persisting to `spool`
+    /// (`None`: memory only).
+    pub fn new(cfg: &Config, deliverer: Arc<Deliverer>, spool: Option<Arc<Spool>>) -> Arc<Engine> {
+        let destinations = cfg
+            .destinations
+            .iter()
+            .map(|(name, d)| {
+                let uri: Uri = d.url.trim_end_matches('/').parse().expect("validated url");
+                let headers = d
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect();
+                (name.clone(), (uri, headers))
+            })
+            .collect();
+        let d = &cfg.delivery;
+        Arc::new(Engine {
+            backoff: Backoff {
+                base_ms: d.backoff_base_ms,
+                multiplier: d.backoff_multiplier,
+                max_ms: d.backoff_max_ms,
+            },
+            delivery: d.clone(),
+            destinations,
+            max_bytes: cfg.spool.max_bytes,
+            when_full: cfg.spool.when_full,
+            state: Mutex::new(State {
+                entries: HashMap::new(),
+                hosts: Vec::new(),
+                host_index: HashMap::new(),
+                timers: BinaryHeap::new(),
+                finished: VecDeque::new(),
+                dead: BTreeMap::new(),
+                next_dead_seq: 1,
+                in_flight: 0,
+                pending: 0,
+                bytes: 0,
+                rr: 0,
+                draining: false,
+                counters: Counters::default(),
+            }),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            room: Notify::new(),
+            deliverer,
+            spool,
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the state is still
+        // the best record of what is pending, so keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a refused line.
+    pub fn count_rejected(&self, code: ErrorCode) {
+        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Turns a validated send into a job, resolving `dest` and the defaults.
+    fn make_job(&self, req: SendRequest, now: u64) -> Result<Job, ProtoError> {
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(req.headers.len());
+        let uri: Uri = match &req.target {
+            Target::Url(u) => u
+                .parse()
+                .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "`url` is not a valid URL"))?,
+            Target::Dest { name, path } => {
+                let (base, dest_headers) = self.destinations.get(name).ok_or_else(|| {
+                    ProtoError::new(
+                        ErrorCode::UnknownDest,
+                        format!("no destination named {name:?} in the config"),
+                    )
+                })?;
+                for (k, v) in dest_headers {
+                    if !req.headers.iter().any(|(n, _)| n == k.as_str()) {
+                        headers.push((k.clone(), v.clone()));
+                    }
+                }
+                format!("{base}{path}").parse().map_err(|_| {
+                    ProtoError::new(
+                        ErrorCode::BadRequest,
+                        "destination URL + `path` is not a valid URL",
+                    )
+                })?
+            }
+        };
+        for (k, v) in &req.headers {
+            // Validated by ffd-proto; a failure here would be a bug there.
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "bad header name"))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "bad header value"))?;
+            headers.push((name, value));
+        }
+        let method = Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "bad method"))?;
+        let id: Arc<str> = match req.id {
+            Some(id) => id.into(),
+            None => crate::id::new_id(now).into(),
+        };
+        let ttl = req.ttl_ms.unwrap_or(self.delivery.ttl_ms);
+        Ok(Job {
+            id,
+            method,
+            uri,
+            headers,
+            body: Bytes::from(req.body),
+            timeout_ms: req.timeout_ms.unwrap_or(self.delivery.timeout_ms),
+            max_attempts: req.max_attempts.unwrap_or(self.delivery.max_attempts),
+            accepted_ms: now,
+            not_before_ms: now + req.delay_ms.unwrap_or(0),
+            expires_ms: now.saturating_add(ttl),
+        })
+    }
+
+    /// Accepts a batch of sends from one connection: validates, persists (one
+    /// spool write for the batch), queues. Results are in the batch's order.
+    pub async fn accept(&self, reqs: Vec<SendRequest>) -> Vec<Result<Arc<str>, ProtoError>> {
+        let now = now_ms();
+        let mut results: Vec<Result<Arc<str>, ProtoError>> = Vec::with_capacity(reqs.len());
+        let mut jobs: Vec<(usize, Arc<Job>, u64)> = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match self.make_job(req, now) {
+                Ok(job) => {
+                    let bytes = job_bytes(&job);
+                    results.push(Ok(job.id.clone()));
+                    jobs.push((results.len() - 1, Arc::new(job), bytes));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if jobs.is_empty() {
+            return self.count_results(results);
+        }
+        // Reserve room, skipping ids already known (idempotency key).
+        let mut fresh: Vec<(usize, Arc<Job>, u64)> = Vec::with_capacity(jobs.len());
+        for (i, job, bytes) in jobs {
+            loop {
+                let notified = self.room.notified();
+                match self.reserve(&job, bytes) {
+                    Ok(None) => break,
+                    Ok(Some(Room::Reserved)) => {
+                        fresh.push((i, job, bytes));
+                        break;
+                    }
+                    Ok(Some(Room::Full)) if self.when_full == WhenFull::Block => notified.await,
+                    Ok(Some(Room::Full)) => {
+                        results[i] = Err(ProtoError::new(
+                            ErrorCode::SpoolFull,
+                            format!(
+                                "spool is full ({} bytes max); nothing was accepted, try again later",
+                                self.max_bytes
+                            ),
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        results[i] = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(spool) = &self.spool {
+            if !fresh.is_empty() {
+                let batch: Vec<Arc<Job>> = fresh.iter().map(|(_, j, _)| j.clone()).collect();
+                if let Err(e) = spool.append(batch).await {
+                    let mut st = self.lock();
+                    for (i, job, bytes) in fresh.drain(..) {
+                        st.bytes -= bytes;
+                        st.entries.remove(&job.id);
+                        results[i] = Err(ProtoError::new(e.code(), e.to_string()));
+                    }
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let mut st = self.lock();
+            for (_, job, _) in &fresh {
+                st.commit(job);
+            }
+            st.counters.accepted += fresh.len() as u64;
+            drop(st);
+            self.wake.notify_one();
+        }
+        self.count_results(results)
+    }
+
+    fn count_results(
+        &self,
+        results: Vec<Result<Arc<str>, ProtoError>>,
+    ) -> Vec<Result<Arc<str>, ProtoError>> {
+        for r in &results {
+            if let Err(e) = r {
+                self.count_rejected(e.code);
+            }
+        }
+        results
+    }
+
+    /// Reserves room for a job and inserts it as not yet committed.
+    /// `Ok(None)`: the id is already known, nothing to do.
+    fn reserve(&self, job: &Arc<Job>, bytes: u64) -> Result<Option<Room>, ProtoError> {
+        let mut st = self.lock();
+        if st.draining {
+            return Err(ProtoError::new(
+                ErrorCode::ShuttingDown,
+                "ffd is shutting down and accepts no new requests",
+            ));
+        }
+        if st.entries.contains_key(&job.id) {
+            st.counters.duplicates += 1;
+            return Ok(None);
+        }
+        let used = match &self.spool {
+            Some(s) => s.bytes(),
+            None => st.bytes,
+        };
+        if used + bytes > self.max_bytes {
+            return Ok(Some(Room::Full));
+        }
+        st.bytes += bytes;
+        let host = st.host_for(&job.uri);
+        st.entries.insert(
+            job.id.clone(),
+            Entry {
+                job: Some(job.clone()),
+                host,
+                // Not queued until committed: an entry in this phase with no
+                // timer and no queue slot is invisible to the dispatcher.
+                phase: Phase::Waiting,
+                attempts: 0,
+                next_ms: u64::MAX,
+                accepted_ms: job.accepted_ms,
+                finished_ms: 0,
+                bytes,
+                last_status: None,
+                last_error: None,
+                snippet: None,
+                dead_seq: 0,
+            },
+        );
+        Ok(Some(Room::Reserved))
+    }
+
+    /// Restores a job read back from the spool at start-up, in its recorded
+    /// state: pending (due at its next attempt) or a dead letter.
+    pub fn restore(&self, job: Arc<Job>, o: Outcome) {
+        let bytes = job_bytes(&job);
+        let mut st = self.lock();
+        if st.entries.contains_key(&job.id) {
+            return;
+        }
+        let host = st.host_for(&job.uri);
+        let dead = o.dead_phase();
+        st.entries.insert(
+            job.id.clone(),
+            Entry {
+                job: Some(job.clone()),
+                host,
+                phase: dead.unwrap_or(Phase::Waiting),
+                attempts: o.attempts,
+                next_ms: u64::MAX,
+                accepted_ms: job.accepted_ms,
+                finished_ms: if dead.is_some() { o.at_ms } else { 0 },
+                bytes,
+                last_status: o.status,
+                last_error: o.error.map(Into::into),
+                snippet: o.snippet.map(Into::into),
+                dead_seq: 0,
+            },
+        );
+        st.bytes += bytes;
+        if dead.is_some() {
+            let seq = st.next_dead_seq;
+            st.next_dead_seq += 1;
+            if let Some(e) = st.entries.get_mut(&job.id) {
+                e.dead_seq = seq;
+            }
+            st.dead.insert(seq, job.id.clone());
+            return;
+        }
+        st.pending += 1;
+        st.hosts[host as usize].pending += 1;
+        let at = o.next_ms.max(job.not_before_ms);
+        st.schedule(&job.id, at, o.attempts > 0);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Re-appends the live jobs of the spool's oldest segment when few are
+    /// left in it, so the segment can be deleted. Called from time to time.
+    pub fn compact(&self) {
+        let Some(spool) = &self.spool else { return };
+        let Some(seg) = spool.compaction_candidate() else {
+            return;
+        };
+        let ids = spool.job_ids_in(seg);
+        let st = self.lock();
+        let mut n = 0;
+        for id in ids {
+            let Some(e) = st.entries.get(&id) else {
+                continue;
+            };
+            let Some(job) = e.job.clone() else { continue };
+            let kind = match e.phase {
+                Phase::Dead => Kind::Dead,
+                Phase::Expired => Kind::Expired,
+                Phase::Delivered => continue,
+                _ => Kind::Retry,
+            };
+            let state = Outcome {
+                kind,
+                attempts: e.attempts,
+                next_ms: if e.phase == Phase::Waiting {
+                    e.next_ms
+                } else {
+                    0
+                },
+                status: e.last_status,
+                error: e.last_error.as_deref().map(Into::into),
+                snippet: e.snippet.as_deref().map(Into::into),
+                at_ms: now_ms(),
+            };
+            // Sent under the state lock, so no outcome of this job can be
+            // ordered before its copy.
+            spool.rewrite(job, state);
+            n += 1;
+        }
+        spool.retire(seg);
+        drop(st);
+        debug!(segment = seg, jobs = n, "compacted spool segment");
+    }
+
+    /// Runs the dispatcher until the engine drains.
+    pub async fn run_dispatcher(self: Arc<Self>) {
+        loop {
+            let notified = self.wake.notified();
+            let (starts, expired, next) = {
+                let mut st = self.lock();
+                let now = now_ms();
+                let (starts, expired) = st.collect(now, &self.delivery);
+                (
+                    starts,
+                    expired,
+                    st.timers.peek().map(|Reverse((at, _))| *at),
+                )
+            };
+            if let Some(s) = &self.spool {
+                for (id, attempts) in expired {
+                    s.record(&id, Outcome::expired(attempts, now_ms()));
+                }
+            }
+            for job in starts {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let attempt = me.deliverer.attempt(&job).await;
+                    me.finish(&job, attempt);
+                });
+            }
+            match next {
+                Some(at) => {
+                    let wait = at.saturating_sub(now_ms());
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(Duration::from_millis(wait.max(1))) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Applies an attempt's outcome.
+    fn finish(&self, job: &Arc<Job>, a: Attempt) {
+        let now = now_ms();
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        let Some(e) = st.entries.get_mut(&job.id) else {
+            return;
+        };
+        let host = e.host as usize;
+        e.attempts += 1;
+        e.last_status = a.status;
+        e.last_error = a.error.clone().map(Into::into);
+        e.snippet = a.snippet.clone().map(Into::into);
+        let attempts = e.attempts;
+        let url = crate::job::redacted(&job.uri);
+        st.hosts[host].in_flight -= 1;
+        let end = match a.verdict {
+            Verdict::Success => {
+                let h = &mut st.hosts[host];
+                h.failures = 0;
+                h.paused_until = 0;
+                h.cooldown_ms = 0;
+                h.last_success_ms = now;
+                debug!(id = %job.id, url, status = a.status, attempts, "delivered");
+                Some(Phase::Delivered)
+            }
+            Verdict::Final => {
+                // The host answered: it is alive, whatever it thought of the request.
+                let h = &mut st.hosts[host];
+                h.failures = 0;
+                h.paused_until = 0;
+                h.last_failure_ms = now;
+                h.last_error = a.error.clone().map(Into::into);
+                warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
+                Some(Phase::Dead)
+            }
+            Verdict::Retry => {
+                let breaker_cfg = (
+                    self.delivery.breaker_threshold,
+                    self.delivery.breaker_cooldown_ms,
+                    self.delivery.breaker_cooldown_max_ms,
+                );
+                let h = &mut st.hosts[host];
+                h.failures += 1;
+                h.last_failure_ms = now;
+                h.last_error = a.error.clone().map(Into::into);
+                let mut paused = None;
+                if h.failures >= breaker_cfg.0 {
+                    h.cooldown_ms = if h.cooldown_ms == 0 {
+                        breaker_cfg.1
+                    } else {
+                        (h.cooldown_ms * 2).min(breaker_cfg.2)
+                    };
+                    h.paused_until = now + h.cooldown_ms;
+                    paused = Some((h.paused_until, h.cooldown_ms, h.key.clone(), h.failures));
+                }
+                if let Some((until, cooldown, key, failures)) = paused {
+                    st.timers.push(Reverse((until, Timer::Host)));
+                    warn!(host = %key, failures, pause_ms = cooldown, "host keeps failing; pausing deliveries to it");
+                }
+                if attempts >= job.max_attempts {
+                    warn!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, "delivery failed, attempts spent; kept as dead letter");
+                    Some(Phase::Dead)
+                } else {
+                    let wait = self
+                        .backoff
+                        .wait_ms(attempts, fastrand::f64(), a.retry_after_ms);
+                    let at = now + wait;
+                    if at >= job.expires_ms {
+                        warn!(id = %job.id, url, attempts, "ttl passes before the next attempt; expired");
+                        Some(Phase::Expired)
+                    } else {
+                        debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
+                        st.counters.retried += 1;
+                        st.schedule(&job.id, at, true);
+                        if let Some(s) = &self.spool {
+                            s.record(&job.id, Outcome::retry(attempts, at, &a, now));
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(phase) = end {
+            st.end(&job.id, phase, now, self.delivery.status_history);
+            if let Some(s) = &self.spool {
+                s.record(&job.id, Outcome::end(phase, attempts, &a, now));
+            }
+        }
+        let idle = st.in_flight == 0;
+        drop(st);
+        self.wake.notify_one();
+        if end == Some(Phase::Delivered) {
+            self.room.notify_waiters();
+        }
+        if idle {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Stops starting deliveries and waits for the running ones, up to `deadline`.
+    /// Returns (still in flight, still pending).
+    pub async fn drain(&self, deadline: Duration) -> (usize, usize) {
+        self.lock().draining = true;
+        self.room.notify_waiters();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.idle.notified();
+            {
+                let st = self.lock();
+                if st.in_flight == 0 {
+                    return (0, st.pending);
+                }
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                let st = self.lock();
+                return (st.in_flight, st.pending);
+            }
+        }
+    }
+
+    /// `stats` op.
+    pub fn stats(&self) -> Value {
+        let now = now_ms();
+        let st = self.lock();
+        let mut rejected = serde_json::Map::new();
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            rejected.insert(
+                c.as_str().into(),
+                self.rejected[i].load(Ordering::Relaxed).into(),
+            );
+        }
+        let oldest = st
+            .entries
+            .values()
+            .filter(|e| e.phase.is_pending())
+            .map(|e| e.accepted_ms)
+            .min();
+        let hosts: Vec<Value> = st
+            .hosts
+            .iter()
+            .filter(|h| h.pending > 0 || h.last_success_ms > 0 || h.last_failure_ms > 0)
+            .map(|h| {
+                json!({
+                    "host": h.key,
+                    "pending": h.pending,
+                    "in_flight": h.in_flight,
+                    "paused": h.paused_until > now,
+                    "consecutive_failures": h.failures,
+                    "last_success_ms": (h.last_success_ms > 0).then_some(h.last_success_ms),
+                    "last_failure_ms": (h.last_failure_ms > 0).then_some(h.last_failure_ms),
+                    "last_error": h.last_error.as_deref(),
+                })
+            })
+            .collect();
+        let queued = st.pending - st.in_flight;
+        json!({
+            "accepted": st.counters.accepted,
+            "duplicates": st.counters.duplicates,
+            "rejected": rejected,
+            "delivered": st.counters.delivered,
+            "retried": st.counters.retried,
+            "dead": st.counters.dead,
+            "expired": st.counters.expired,
+            "queued": queued,
+            "in_flight": st.in_flight,
+            "dead_letters": st.dead.len(),
+            "oldest_pending_age_ms": oldest.map(|t| now.saturating_sub(t)),
+            "spool": match &self.spool {
+                Some(s) => s.stats(),
+                None => json!({"mode": "memory", "bytes": st.bytes, "max_bytes": self.max_bytes}),
+            },
+            "connections": self.connections.load(Ordering::Relaxed),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "hosts": hosts,
+        })
+    }
+
+    /// `status` op: `None` when the id is unknown.
+    pub fn status(&self, id: &str) -> Option<Value> {
+        let st = self.lock();
+        let e = st.entries.get(id)?;
+        Some(entry_json(id, e, &st))
+    }
+
+    /// `dead` op: dead letters, oldest first, at most `limit`.
+    pub fn dead(&self, limit: Option<usize>) -> Value {
+        let st = self.lock();
+        let n = st.dead.len();
+        let skip = limit.map(|l| n.saturating_sub(l)).unwrap_or(0);
+        let list: Vec<Value> = st
+            .dead
+            .values()
+            .skip(skip)
+            .filter_map(|id| st.entries.get(id).map(|e| entry_json(id, e, &st)))
+            .collect();
+        Value::Array(list)
+    }
+
+    /// `replay` op: dead letters go back to the queue with fresh attempts and ttl.
+    pub fn replay(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let ids = st.select_dead(id)?;
+        for id in &ids {
+            let Some(e) = st.entries.get_mut(id) else {
+                continue;
+            };
+            let Some(old) = e.job.clone() else { continue };
+            let mut job = (*old).clone();
+            let ttl = old.expires_ms.saturating_sub(old.accepted_ms);
+            job.accepted_ms = now;
+            job.not_before_ms = now;
+            job.expires_ms = now.saturating_add(ttl);
+            let job = Arc::new(job);
+            e.job = Some(job.clone());
+            e.attempts = 0;
+            e.accepted_ms = now;
+            let seq = e.dead_seq;
+            let host = e.host as usize;
+            st.dead.remove(&seq);
+            st.pending += 1;
+            st.hosts[host].pending += 1;
+            st.schedule(id, now, false);
+            if let Some(s) = &self.spool {
+                s.replay(job);
+            }
+        }
+        drop(st);
+        info!(count = ids.len(), "dead letters replayed");
+        self.wake.notify_one();
+        Ok(ids.len())
+    }
+
+    /// `purge` op: dead letters are forgotten.
+    pub fn purge(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+        let mut st = self.lock();
+        let ids = st.select_dead(id)?;
+        for id in &ids {
+            if let Some(e) = st.entries.remove(id) {
+                st.dead.remove(&e.dead_seq);
+                st.bytes -= e.bytes;
+                if let Some(s) = &self.spool {
+                    s.record(id, Outcome::purged(now_ms()));
+                }
+            }
+        }
+        drop(st);
+        info!(count = ids.len(), "dead letters purged");
+        self.room.notify_waiters();
+        Ok(ids.len())
+    }
+}
+
+/// Bytes a job is charged against `max_bytes` (memory mode).
+fn job_bytes(job: &Job) -> u64 {
+    let headers: usize = job
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (job.body.len() + headers + job.id.len() + 128) as u64
+}
+
+fn entry_json(id: &str, e: &Entry, st: &State) -> Value {
+    let job = e.job.as_deref();
+    json!({
+        "id": id,
+        "state": e.phase.as_str(),
+        "attempts": e.attempts,
+        "max_attempts": job.map(|j| j.max_attempts),
+        "method": job.map(|j| j.method.as_str()),
+        "url": job.map(|j| j.uri.to_string()),
+        "host": st.hosts[e.host as usize].key,
+        "accepted_ms": e.accepted_ms,
+        "next_attempt_ms": (e.phase == Phase::Waiting && e.next_ms != u64::MAX).then_some(e.next_ms),
+        "expires_ms": job.map(|j| j.expires_ms),
+        "finished_ms": (e.finished_ms > 0).then_some(e.finished_ms),
+        "last_status": e.last_status,
+        "last_error": e.last_error.as_deref(),
+        "response": e.snippet.as_deref(),
+    })
+}
+
+impl State {
+    fn host_for(&mut self, uri: &Uri) -> u32 {
+        let key = host_key(uri);
+        if let Some(i) = self.host_index.get(&key) {
+            return *i;
+        }
+        let i = self.hosts.len() as u32;
+        self.hosts.push(Host {
+            key: key.clone(),
+            fresh: VecDeque::new(),
+            retry: VecDeque::new(),
+            retry_turn: false,
+            in_flight: 0,
+            pending: 0,
+            failures: 0,
+            paused_until: 0,
+            cooldown_ms: 0,
+            last_success_ms: 0,
+            last_failure_ms: 0,
+            last_error: None,
+        });
+        self.host_index.insert(key, i);
+        i
+    }
+
+    /// Makes a reserved entry pending: queued now, or at its `delay_ms`.
+    fn commit(&mut self, job: &Arc<Job>) {
+        let Some(e) = self.entries.get(&job.id) else {
+            return;
+        };
+        if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
+            return;
+        }
+        let host = e.host as usize;
+        self.pending += 1;
+        self.hosts[host].pending += 1;
+        self.schedule(&job.id, job.not_before_ms, false);
+    }
+
+    /// Queues an entry at `at` (now or later); `retry` picks the retry queue.
+    fn schedule(&mut self, id: &Arc<str>, at: u64, retry: bool) {
+        let now = now_ms();
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        if at <= now {
+            e.phase = Phase::Queued;
+            e.next_ms = u64::MAX;
+            let h = &mut self.hosts[e.host as usize];
+            if retry {
+                h.retry.push_back(id.clone());
+            } else {
+                h.fresh.push_back(id.clone());
+            }
+        } else {
+            e.phase = Phase::Waiting;
+            e.next_ms = at;
+            self.timers.push(Reverse((at, Timer::Entry(id.clone()))));
+        }
+    }
+
+    /// Moves an entry to an end state.
+    fn end(&mut self, id: &Arc<str>, phase: Phase, now: u64, history: usize) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        let was_pending = e.phase.is_pending();
+        e.phase = phase;
+        e.finished_ms = now;
+        let host = e.host as usize;
+        match phase {
+            Phase::Delivered => {
+                e.job = None;
+                self.bytes -= e.bytes;
+                e.bytes = 0;
+                self.counters.delivered += 1;
+                self.finished.push_back(id.clone());
+                while self.finished.len() > history {
+                    if let Some(old) = self.finished.pop_front() {
+                        if self
+                            .entries
+                            .get(&old)
+                            .is_some_and(|e| e.phase == Phase::Delivered)
+                        {
+                            self.entries.remove(&old);
+                        }
+                    }
+                }
+            }
+            Phase::Dead | Phase::Expired => {
+                let seq = self.next_dead_seq;
+                self.next_dead_seq += 1;
+                e.dead_seq = seq;
+                self.dead.insert(seq, id.clone());
+                if phase == Phase::Dead {
+                    self.counters.dead += 1;
+                } else {
+                    self.counters.expired += 1;
+                }
+            }
+            _ => {}
+        }
+        if was_pending {
+            self.pending -= 1;
+            self.hosts[host].pending -= 1;
+        }
+    }
+
+    fn select_dead(&self, id: Option<&str>) -> Result<Vec<Arc<str>>, ProtoError> {
+        match id {
+            None => Ok(self.dead.values().cloned().collect()),
+            Some(id) => match self.entries.get_key_value(id) {
+                Some((k, e)) if matches!(e.phase, Phase::Dead | Phase::Expired) => {
+                    Ok(vec![k.clone()])
+                }
+                Some((_, e)) => Err(ProtoError::new(
+                    ErrorCode::BadRequest,
+                    format!("{id} is {}, not a dead letter", e.phase.as_str()),
+                )),
+                None => Err(ProtoError::new(
+                    ErrorCode::NotFound,
+                    format!("no request with id {id}"),
+                )),
+            },
+        }
+    }
+
+    /// Fires due timers and picks the jobs to start now, within the limits.
+    /// Also returns the ids (and attempts) found expired on the way.
+    #[allow(clippy::type_complexity)]
+    fn collect(&mut self, now: u64, cfg: &DeliveryConfig) -> (Vec<Arc<Job>>, Vec<(Arc<str>, u32)>) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, timer))) = self.timers.pop() else {
+                break;
+            };
+            if let Timer::Entry(id) = timer {
+                if let Some(e) = self.entries.get_mut(&id) {
+                    if e.phase == Phase::Waiting && e.next_ms == at {
+                        e.phase = Phase::Queued;
+                        e.next_ms = u64::MAX;
+                        let retry = e.attempts > 0;
+                        let h = &mut self.hosts[e.host as usize];
+                        if retry {
+                            h.retry.push_back(id);
+                        } else {
+                            h.fresh.push_back(id);
+                        }
+                    }
+                }
+            }
+        }
+        let mut starts = Vec::new();
+        let mut expired = Vec::new();
+        if self.draining || self.hosts.is_empty() {
+            return (starts, expired);
+        }
+        let n = self.hosts.len();
+        self.rr = (self.rr + 1) % n;
+        let mut progress = true;
+        while progress && self.in_flight < cfg.max_in_flight {
+            progress = false;
+            for k in 0..n {
+                if self.in_flight >= cfg.max_in_flight {
+                    break;
+                }
+                let hi = (self.rr + k) % n;
+                let h = &mut self.hosts[hi];
+                if h.fresh.is_empty() && h.retry.is_empty() {
+                    continue;
+                }
+                if h.paused_until > now {
+                    continue;
+                }
+                // Half-open: a host that tripped the breaker gets one probe at a time.
+                let limit = if h.failures >= cfg.breaker_threshold {
+                    1
+                } else {
+                    cfg.max_in_flight_per_host
+                };
+                if h.in_flight >= limit {
+                    continue;
+                }
+                let take_retry = (h.retry_turn && !h.retry.is_empty()) || h.fresh.is_empty();
+                let id = if take_retry {
+                    h.retry.pop_front()
+                } else {
+                    h.fresh.pop_front()
+                };
+                h.retry_turn = !take_retry;
+                let Some(id) = id else { continue };
+                progress = true;
+                let Some(e) = self.entries.get_mut(&id) else {
+                    continue;
+                };
+                if e.phase != Phase::Queued {
+                    continue;
+                }
+                let Some(job) = e.job.clone() else { continue };
+                if now >= job.expires_ms {
+                    expired.push((id.clone(), e.attempts));
+                    self.end(&id, Phase::Expired, now, cfg.status_history);
+                    warn!(id = %id, "ttl passed before delivery; expired");
+                    continue;
+                }
+                e.phase = Phase::InFlight;
+                self.hosts[hi].in_flight += 1;
+                self.in_flight += 1;
+                starts.push(job);
+            }
+        }
+        (starts, expired)
+    }
+}

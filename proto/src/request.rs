@@ -1,0 +1,707 @@
+//! Parsing and validation of one request line.
+//!
+//! A line is parsed in two steps: serde turns it into [`RawLine`], a flat bag
+//! of every field protocol version 1 knows (`deny_unknown_fields` makes typos
+//! surface), then [`validate`] checks the combination and turns it into a
+//! [`Line`]. Keeping the checks out of serde keeps the error messages ours.
+
+use crate::error::{ErrorCode, ProtoError};
+use base64::Engine as _;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Longest caller-supplied `id`, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest accepted `timeout_ms` (one hour): a longer attempt is a hung one.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Largest accepted `max_attempts`.
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+/// Headers that describe one connection, not the message: a relay that
+/// forwarded them would lie to the next hop, so they are refused outright.
+/// `content-length` is refused because ffd computes it from the body.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "content-length",
+];
+
+/// One parsed and validated line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// A request to deliver.
+    Send(SendRequest),
+    /// A control op.
+    Op(ControlOp),
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An absolute `http` or `https` URL.
+    Url(String),
+    /// A destination named in the daemon's config, plus a path appended to its base URL.
+    Dest {
+        /// The destination's name.
+        name: String,
+        /// Path (and query) appended to the destination's URL; may be empty.
+        path: String,
+    },
+}
+
+/// A validated send: everything the daemon needs to deliver it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    /// The caller's id (idempotency key), if given.
+    pub id: Option<String>,
+    /// HTTP method token, as given (methods are case-sensitive).
+    pub method: String,
+    /// Where to deliver.
+    pub target: Target,
+    /// Header names (lower-cased) and values, in order; repeats allowed.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes (empty when none was given).
+    pub body: Vec<u8>,
+    /// Per-attempt timeout.
+    pub timeout_ms: Option<u64>,
+    /// Attempts before the request is dead.
+    pub max_attempts: Option<u32>,
+    /// Give up this long after acceptance.
+    pub ttl_ms: Option<u64>,
+    /// Do not deliver before this long after acceptance.
+    pub delay_ms: Option<u64>,
+}
+
+/// A control op (`{"op": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlOp {
+    /// Liveness check.
+    Ping,
+    /// Counters and queue state.
+    Stats,
+    /// State of one request.
+    Status {
+        /// The request's id.
+        id: String,
+    },
+    /// List dead letters, newest last.
+    Dead {
+        /// At most this many (default: all kept).
+        limit: Option<usize>,
+    },
+    /// Queue dead letters for delivery again.
+    Replay(Selection),
+    /// Forget dead letters.
+    Purge(Selection),
+}
+
+/// Which dead letters a `replay` or `purge` acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// One id.
+    Id(String),
+    /// Every dead letter.
+    All,
+}
+
+/// Every field protocol version 1 knows, flat; see the module docs.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLine<'a> {
+    #[serde(borrow)]
+    op: Option<&'a RawValue>,
+    url: Option<String>,
+    dest: Option<String>,
+    path: Option<String>,
+    method: Option<String>,
+    headers: Option<Headers>,
+    body: Option<String>,
+    body_base64: Option<String>,
+    #[serde(borrow)]
+    json: Option<&'a RawValue>,
+    id: Option<String>,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    ttl_ms: Option<u64>,
+    delay_ms: Option<u64>,
+    limit: Option<usize>,
+    all: Option<bool>,
+}
+
+/// Headers given either as an object or as a list of `[name, value]` pairs.
+struct Headers(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Headers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of header values or a list of [name, value] pairs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Headers, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    out.push((k, v));
+                }
+                Ok(Headers(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Headers, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = s.next_element::<(String, String)>()? {
+                    out.push((k, v));
+                }
+                Ok(Headers(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses one line (without its `\n`; a trailing `\r` is ignored).
+///
+/// Pure: no I/O, no clock. Every refusal carries a stable [`ErrorCode`].
+pub fn parse_line(line: &[u8]) -> Result<Line, ProtoError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = std::str::from_utf8(line).map_err(|e| {
+        ProtoError::new(
+            ErrorCode::BadJson,
+            format!("line is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(ProtoError::new(ErrorCode::BadJson, "empty line"));
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err(ProtoError::new(
+            ErrorCode::BadJson,
+            "a line must be one JSON object ({...})",
+        ));
+    }
+    let raw: RawLine = serde_json::from_str(text).map_err(|e| {
+        use serde_json::error::Category;
+        let code = match e.classify() {
+            Category::Data => ErrorCode::BadRequest,
+            _ => ErrorCode::BadJson,
+        };
+        ProtoError::new(code, e.to_string())
+    })?;
+    validate(raw)
+}
+
+fn validate(raw: RawLine) -> Result<Line, ProtoError> {
+    match raw.op {
+        Some(op) => validate_op(op, raw).map(Line::Op),
+        None => validate_send(raw).map(Line::Send),
+    }
+}
+
+fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
+    let name: String = serde_json::from_str(op.get())
+        .map_err(|_| ProtoError::bad_request("field `op` must be a string"))?;
+    let send_field = [
+        ("url", raw.url.is_some()),
+        ("dest", raw.dest.is_some()),
+        ("path", raw.path.is_some()),
+        ("method", raw.method.is_some()),
+        ("headers", raw.headers.is_some()),
+        ("body", raw.body.is_some()),
+        ("body_base64", raw.body_base64.is_some()),
+        ("json", raw.json.is_some()),
+        ("timeout_ms", raw.timeout_ms.is_some()),
+        ("max_attempts", raw.max_attempts.is_some()),
+        ("ttl_ms", raw.ttl_ms.is_some()),
+        ("delay_ms", raw.delay_ms.is_some()),
+    ]
+    .into_iter()
+    .find(|(_, present)| *present);
+    if let Some((field, _)) = send_field {
+        return Err(ProtoError::bad_request(format!(
+            "field `{field}` is not allowed with op `{name}`"
+        )));
+    }
+    let no_extra = |allowed: &[&str]| -> Result<(), ProtoError> {
+        for (field, present) in [
+            ("id", raw.id.is_some()),
+            ("limit", raw.limit.is_some()),
+            ("all", raw.all.is_some()),
+        ] {
+            if present && !allowed.contains(&field) {
+                return Err(ProtoError::bad_request(format!(
+                    "field `{field}` is not allowed with op `{name}`"
+                )));
+            }
+        }
+        Ok(())
+    };
+    let selection = |raw_id: Option<String>, all: Option<bool>| match (raw_id, all) {
+        (Some(id), None | Some(false)) => Ok(Selection::Id(id)),
+        (None, Some(true)) => Ok(Selection::All),
+        (Some(_), Some(true)) => Err(ProtoError::bad_request(format!(
+            "op `{name}` takes `id` or `all`, not both"
+        ))),
+        _ => Err(ProtoError::bad_request(format!(
+            "op `{name}` needs `id` or `\"all\": true`"
+        ))),
+    };
+    match name.as_str() {
+        "ping" => no_extra(&[]).map(|_| ControlOp::Ping),
+        "stats" => no_extra(&[]).map(|_| ControlOp::Stats),
+        "status" => {
+            no_extra(&["id"])?;
+            let id = raw
+                .id
+                .ok_or_else(|| ProtoError::bad_request("op `status` needs field `id`"))?;
+            Ok(ControlOp::Status { id })
+        }
+        "dead" => {
+            no_extra(&["limit"])?;
+            Ok(ControlOp::Dead { limit: raw.limit })
+        }
+        "replay" => {
+            no_extra(&["id", "all"])?;
+            selection(raw.id, raw.all).map(ControlOp::Replay)
+        }
+        "purge" => {
+            no_extra(&["id", "all"])?;
+            selection(raw.id, raw.all).map(ControlOp::Purge)
+        }
+        other => Err(ProtoError::new(
+            ErrorCode::UnknownOp,
+            format!("unknown op `{other}` (known: ping, stats, status, dead, replay, purge)"),
+        )),
+    }
+}
+
+fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
+    for (field, present) in [("limit", raw.limit.is_some()), ("all", raw.all.is_some())] {
+        if present {
+            return Err(ProtoError::bad_request(format!(
+                "field `{field}` belongs to control ops; a send has no `{field}`"
+            )));
+        }
+    }
+    let target = match (raw.url, raw.dest) {
+        (Some(_), Some(_)) => {
+            return Err(ProtoError::bad_request("give `url` or `dest`, not both"))
+        }
+        (None, None) => {
+            return Err(ProtoError::bad_request(
+                "missing field `url` (or `dest`): where should the request go?",
+            ))
+        }
+        (Some(url), None) => {
+            if raw.path.is_some() {
+                return Err(ProtoError::bad_request(
+                    "field `path` goes with `dest`; with `url`, put the path in the URL",
+                ));
+            }
+            validate_url(&url)?;
+            Target::Url(url)
+        }
+        (None, Some(name)) => {
+            validate_dest_name(&name)?;
+            let path = raw.path.unwrap_or_default();
+            if !path.is_empty() && !path.starts_with('/') && !path.starts_with('?') {
+                return Err(ProtoError::bad_request(format!(
+                    "`path` must start with `/` or `?`, got {path:?}"
+                )));
+            }
+            if path.parse::<http::uri::PathAndQuery>().is_err() && !path.is_empty() {
+                return Err(ProtoError::bad_request(format!(
+                    "`path` is not a valid URL path: {path:?}"
+                )));
+            }
+            Target::Dest { name, path }
+        }
+    };
+
+    let mut headers = Vec::new();
+    if let Some(Headers(list)) = raw.headers {
+        headers.reserve(list.len());
+        for (name, value) in list {
+            headers.push(validate_header(name, value)?);
+        }
+    }
+
+    let bodies = [
+        raw.body.is_some(),
+        raw.body_base64.is_some(),
+        raw.json.is_some(),
+    ];
+    if bodies.iter().filter(|b| **b).count() > 1 {
+        return Err(ProtoError::bad_request(
+            "give at most one of `body`, `body_base64` and `json`",
+        ));
+    }
+    let has_body = bodies.iter().any(|b| *b);
+    let body = if let Some(text) = raw.body {
+        text.into_bytes()
+    } else if let Some(b64) = raw.body_base64 {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| {
+                ProtoError::bad_request(format!("`body_base64` is not valid base64: {e}"))
+            })?
+    } else if let Some(json) = raw.json {
+        if !headers.iter().any(|(n, _)| n == "content-type") {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        json.get().as_bytes().to_vec()
+    } else {
+        Vec::new()
+    };
+
+    let method = match raw.method {
+        Some(m) => {
+            if m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(ProtoError::bad_request(format!(
+                    "`method` is not an HTTP method token: {m:?}"
+                )));
+            }
+            m
+        }
+        None if has_body => "POST".to_string(),
+        None => "GET".to_string(),
+    };
+
+    if let Some(id) = &raw.id {
+        validate_id(id)?;
+    }
+    if let Some(t) = raw.timeout_ms {
+        if t == 0 || t > MAX_TIMEOUT_MS {
+            return Err(ProtoError::bad_request(format!(
+                "`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}, got {t}"
+            )));
+        }
+    }
+    if let Some(a) = raw.max_attempts {
+        if a == 0 || a > MAX_ATTEMPTS {
+            return Err(ProtoError::bad_request(format!(
+                "`max_attempts` must be between 1 and {MAX_ATTEMPTS}, got {a}"
+            )));
+        }
+    }
+    if raw.ttl_ms == Some(0) {
+        return Err(ProtoError::bad_request("`ttl_ms` must be at least 1"));
+    }
+    if let (Some(ttl), Some(delay)) = (raw.ttl_ms, raw.delay_ms) {
+        if delay >= ttl {
+            return Err(ProtoError::bad_request(format!(
+                "`delay_ms` ({delay}) must be less than `ttl_ms` ({ttl}): the request would expire before its first attempt"
+            )));
+        }
+    }
+
+    Ok(SendRequest {
+        id: raw.id,
+        method,
+        target,
+        headers,
+        body,
+        timeout_ms: raw.timeout_ms,
+        max_attempts: raw.max_attempts,
+        ttl_ms: raw.ttl_ms,
+        delay_ms: raw.delay_ms,
+    })
+}
+
+/// Checks that `url` is an absolute `http` or `https` URL with a host.
+pub fn validate_url(url: &str) -> Result<http::Uri, ProtoError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ProtoError::bad_request(format!("`url` is not a valid URL ({e}): {url:?}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(other) => {
+            return Err(ProtoError::bad_request(format!(
+                "`url` scheme must be http or https, got {other:?}"
+            )))
+        }
+        None => {
+            return Err(ProtoError::bad_request(format!(
+                "`url` must be absolute (http://... or https://...), got {url:?}"
+            )))
+        }
+    }
+    match uri.host() {
+        Some(h) if !h.is_empty() => {}
+        _ => {
+            return Err(ProtoError::bad_request(format!(
+                "`url` has no host: {url:?}"
+            )))
+        }
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ProtoError::bad_request(
+            "`url` must not carry user:password; send an `authorization` header instead",
+        ));
+    }
+    Ok(uri)
+}
+
+fn validate_dest_name(name: &str) -> Result<(), ProtoError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtoError::bad_request(format!(
+            "`dest` must be 1-64 characters of [A-Za-z0-9_.-], got {name:?}"
+        )))
+    }
+}
+
+/// Checks a caller id: 1 to [`MAX_ID_BYTES`] visible ASCII characters, so it
+/// can travel in a header and a log line unchanged.
+pub fn validate_id(id: &str) -> Result<(), ProtoError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ProtoError::bad_request(format!(
+            "`id` must be 1-{MAX_ID_BYTES} visible ASCII characters (no spaces), got {id:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_header(name: String, value: String) -> Result<(String, String), ProtoError> {
+    let hn = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        ProtoError::bad_request(format!("header name is not a valid token: {name:?}"))
+    })?;
+    let lower = hn.as_str();
+    if HOP_BY_HOP.contains(&lower) {
+        return Err(ProtoError::bad_request(format!(
+            "header `{lower}` is hop-by-hop or computed by ffd and cannot be set"
+        )));
+    }
+    if http::HeaderValue::from_str(&value).is_err() {
+        // Never echo the value: it may be a secret.
+        return Err(ProtoError::bad_request(format!(
+            "value of header `{lower}` holds a control character (CR, LF, NUL...)"
+        )));
+    }
+    Ok((lower.to_string(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(line: &str) -> ProtoError {
+        parse_line(line.as_bytes()).expect_err(line)
+    }
+
+    fn send(line: &str) -> SendRequest {
+        match parse_line(line.as_bytes()) {
+            Ok(Line::Send(s)) => s,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_send_defaults_to_get() {
+        let s = send(r#"{"url":"http://example.com/x?y=1"}"#);
+        assert_eq!(s.method, "GET");
+        assert_eq!(s.target, Target::Url("http://example.com/x?y=1".into()));
+        assert!(s.body.is_empty());
+    }
+
+    #[test]
+    fn body_defaults_to_post_and_crlf_is_accepted() {
+        let s = send("{\"url\":\"https://h/\",\"body\":\"hi\"}\r");
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.body, b"hi");
+    }
+
+    #[test]
+    fn json_body_is_sent_verbatim_with_content_type() {
+        let s = send(r#"{"url":"http://h/","json":{"a": [1, 2]}}"#);
+        assert_eq!(s.body, br#"{"a": [1, 2]}"#);
+        assert_eq!(
+            s.headers,
+            vec![("content-type".into(), "application/json".into())]
+        );
+        let s = send(r#"{"url":"http://h/","json":1,"headers":{"Content-Type":"application/x"}}"#);
+        assert_eq!(
+            s.headers,
+            vec![("content-type".into(), "application/x".into())]
+        );
+    }
+
+    #[test]
+    fn headers_as_object_or_pairs() {
+        let s = send(r#"{"url":"http://h/","headers":{"X-A":"1","x-b":"2"}}"#);
+        assert_eq!(
+            s.headers,
+            vec![("x-a".into(), "1".into()), ("x-b".into(), "2".into())]
+        );
+        let s = send(r#"{"url":"http://h/","headers":[["X-A","1"],["x-a","2"]]}"#);
+        assert_eq!(
+            s.headers,
+            vec![("x-a".into(), "1".into()), ("x-a".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn base64_body() {
+        let s = send(r#"{"url":"http://h/","body_base64":"AAEC"}"#);
+        assert_eq!(s.body, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn dest_with_path() {
+        let s = send(r#"{"dest":"hooks","path":"/a?b=1"}"#);
+        assert_eq!(
+            s.target,
+            Target::Dest {
+                name: "hooks".into(),
+                path: "/a?b=1".into()
+            }
+        );
+    }
+
+    /// One row per refusal: the line and the code it must get.
+    #[test]
+    fn every_error_code_of_a_line() {
+        let cases: &[(&[u8], ErrorCode)] = &[
+            (b"{not json", ErrorCode::BadJson),
+            (b"[1,2]", ErrorCode::BadJson),
+            (b"", ErrorCode::BadJson),
+            (b"\xff\xfe{}", ErrorCode::BadJson),
+            (
+                b"{\"url\":\"http://h/\",\"body\":\"\xc3\x28\"}",
+                ErrorCode::BadJson,
+            ),
+            (br#"{"url":5}"#, ErrorCode::BadRequest),
+            (
+                br#"{"url":"http://h/","timeout_ms":"5"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (br#"{"url":"http://h/","urll":"x"}"#, ErrorCode::BadRequest),
+            (br#"{"method":"POST"}"#, ErrorCode::BadRequest),
+            (br#"{"url":"ftp://h/x"}"#, ErrorCode::BadRequest),
+            (br#"{"url":"/relative"}"#, ErrorCode::BadRequest),
+            (br#"{"url":"http://u:p@h/"}"#, ErrorCode::BadRequest),
+            (
+                br#"{"url":"http://h/","headers":{"x-a":"a\r\nb: c"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","headers":{"bad name":"v"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","headers":{"Connection":"close"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","headers":{"transfer-encoding":"chunked"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","headers":[["a"]]}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","body":"a","json":{}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","body_base64":"***"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","method":"GE T"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","id":"has space"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","max_attempts":0}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","timeout_ms":0}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                br#"{"url":"http://h/","ttl_ms":10,"delay_ms":10}"#,
+                ErrorCode::BadRequest,
+            ),
+            (br#"{"url":"http://h/","dest":"x"}"#, ErrorCode::BadRequest),
+            (br#"{"url":"http://h/","path":"/x"}"#, ErrorCode::BadRequest),
+            (br#"{"dest":"bad name"}"#, ErrorCode::BadRequest),
+            (br#"{"url":"http://h/","all":true}"#, ErrorCode::BadRequest),
+            (br#"{"op":"frobnicate"}"#, ErrorCode::UnknownOp),
+            (br#"{"op":7}"#, ErrorCode::BadRequest),
+            (br#"{"op":"status"}"#, ErrorCode::BadRequest),
+            (br#"{"op":"ping","url":"http://h/"}"#, ErrorCode::BadRequest),
+            (br#"{"op":"replay"}"#, ErrorCode::BadRequest),
+            (
+                br#"{"op":"purge","id":"a","all":true}"#,
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (line, code) in cases {
+            let e = parse_line(line).expect_err(&String::from_utf8_lossy(line));
+            assert_eq!(
+                e.code,
+                *code,
+                "{}: {}",
+                String::from_utf8_lossy(line),
+                e.message
+            );
+            assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn header_value_is_never_echoed() {
+        let e = err(r#"{"url":"http://h/","headers":{"authorization":"Bearer sekrit\n"}}"#);
+        assert!(!e.message.contains("sekrit"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err(r#"{"url":"http://h/","timout_ms":5}"#);
+        assert!(e.message.contains("timout_ms"), "{}", e.message);
+    }
+
+    #[test]
+    fn control_ops() {
+        let op = |l: &str| match parse_line(l.as_bytes()) {
+            Ok(Line::Op(op)) => op,
+            other => panic!("{l}: {other:?}"),
+        };
+        assert_eq!(op(r#"{"op":"ping"}"#), ControlOp::Ping);
+        assert_eq!(op(r#"{"op":"stats"}"#), ControlOp::Stats);
+        assert_eq!(
+            op(r#"{"op":"status","id":"a"}"#),
+            ControlOp::Status { id: "a".into() }
+        );
+        assert_eq!(
+            op(r#"{"op":"dead","limit":3}"#),
+            ControlOp::Dead { limit: Some(3) }
+        );
+        assert_eq!(
+            op(r#"{"op":"replay","all":true}"#),
+            ControlOp::Replay(Selection::All)
+        );
+        assert_eq!(
+            op(r#"{"op":"purge","id":"x"}"#),
+            ControlOp::Purge(Selection::Id("x".into()))
+        );
+    }
+}
