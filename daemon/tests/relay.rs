@@ -1,0 +1,621 @@
+//! End to end: the real `ffd` binary, real clients, a real HTTP server.
+
+mod support;
+
+use ffclient::{Client, Request};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{bin, Daemon, Reply, Sink, FAST};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Writes raw bytes, closes the write side, returns every answer line.
+fn raw_exchange(d: &Daemon, bytes: &[u8]) -> Vec<Value> {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn readme_block(tag: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let marker = format!("<!-- test: {tag} -->");
+    let start = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has no {marker}"));
+    let rest = &readme[start..];
+    let open = rest.find("```").unwrap();
+    let body_start = open + rest[open..].find('\n').unwrap() + 1;
+    let close = body_start + rest[body_start..].find("```").unwrap();
+    rest[body_start..close].to_string()
+}
+
+#[test]
+fn same_request_from_library_cli_python_and_bash_arrives_identical() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let base = format!("http://{}", sink.addr);
+    let url = format!("{base}/hook?src=readme");
+
+    // Library.
+    let id = d
+        .client()
+        .send(
+            &Request::post(&url)
+                .header("x-event", "signup")
+                .json(r#"{"user":42}"#),
+        )
+        .unwrap();
+    assert_eq!(id.len(), 26);
+
+    // CLI.
+    let out = Command::new(bin("ffclient"))
+        .args(["--socket", d.socket.to_str().unwrap(), "send", "POST", &url])
+        .args(["-H", "x-event: signup", "--json", r#"{"user":42}"#])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 26);
+
+    // The README's own Python and bash snippets.
+    for (tag, prog, flag) in [
+        ("python", "python3", "-c"),
+        ("bash-socat", "bash", "-c"),
+        ("bash-nc", "bash", "-c"),
+    ] {
+        let code = readme_block(tag).replace("http://127.0.0.1:8080", &base);
+        let out = Command::new(prog)
+            .args([flag, &code])
+            .env("FFD_SOCKET", &d.socket)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("\"ok\":false"), "{tag}: {stdout}");
+    }
+
+    let reqs = sink.wait_for(5, T);
+    for r in &reqs {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/hook?src=readme");
+        assert_eq!(r.header("x-event"), Some("signup"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.body, br#"{"user":42}"#);
+        assert!(r.header("ffd-id").is_some());
+    }
+    let mut ids: Vec<_> = reqs
+        .iter()
+        .map(|r| r.header("ffd-id").unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "five distinct requests");
+}
+
+#[test]
+fn ten_thousand_pipelined_lines_are_acked_in_order_and_delivered() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let n = 10_000;
+    let url = sink.url("/p");
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let reader = BufReader::new(s.try_clone().unwrap());
+    let collector = std::thread::spawn(move || {
+        reader
+            .lines()
+            .take(n)
+            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut buf = String::new();
+    for i in 0..n {
+        buf.push_str(&format!(
+            "{{\"url\":\"{url}?i={i}\",\"id\":\"p-{i:05}\",\"body\":\"{i}\"}}\n"
+        ));
+    }
+    s.write_all(buf.as_bytes()).unwrap();
+    let answers = collector.join().unwrap();
+    assert_eq!(answers.len(), n);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a["ok"], true, "{a}");
+        assert_eq!(a["id"], format!("p-{i:05}"), "answers in order");
+    }
+    let reqs = sink.wait_for(n, Duration::from_secs(60));
+    let mut seen: Vec<_> = reqs
+        .iter()
+        .map(|r| r.header("ffd-id").unwrap().to_string())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), n);
+    d.wait_stats("all delivered", T, |s| s["delivered"] == n);
+}
+
+#[test]
+fn retry_503_then_200_is_delivered() {
+    let sink = Sink::with(|_, i| Reply::status(if i == 0 { 503 } else { 200 }));
+    let d = Daemon::start(FAST);
+    let id = d
+        .client()
+        .send(&Request::post(&sink.url("/r")).body("x"))
+        .unwrap();
+    let reqs = sink.wait_for(2, T);
+    assert_eq!(
+        reqs[0].header("ffd-id"),
+        reqs[1].header("ffd-id"),
+        "same id on retry"
+    );
+    let st = d.wait_stats("delivered", T, |s| s["delivered"] == 1);
+    assert_eq!(st["retried"], 1);
+    let status = d.client().status(&id).unwrap();
+    assert_eq!(status["state"], "delivered");
+    assert_eq!(status["attempts"], 2);
+    assert_eq!(status["last_status"], 200);
+}
+
+#[test]
+fn status_404_is_dead_after_one_attempt() {
+    let sink = Sink::with(|_, _| Reply::status(404));
+    let d = Daemon::start(FAST);
+    let id = d.client().send(&Request::get(&sink.url("/nope"))).unwrap();
+    d.wait_stats("dead", T, |s| s["dead"] == 1);
+    assert_eq!(sink.count(), 1);
+    let st = d.client().status(&id).unwrap();
+    assert_eq!(st["state"], "dead");
+    assert_eq!(st["attempts"], 1);
+    assert_eq!(st["last_status"], 404);
+    assert_eq!(st["response"], "sink says hi");
+    let dead = d.client().dead(None).unwrap();
+    assert_eq!(dead[0]["id"], id.as_str());
+}
+
+#[test]
+fn status_429_with_retry_after_waits_about_a_second() {
+    let sink = Sink::with(|_, i| {
+        if i == 0 {
+            Reply::status(429).header("retry-after", "1")
+        } else {
+            Reply::status(200)
+        }
+    });
+    // Backoff alone would retry within 400 ms: only Retry-After explains a second.
+    let d = Daemon::start(
+        &FAST
+            .replace("backoff_max_ms = 400", "backoff_max_ms = 5000")
+            .replace("backoff_base_ms = 50", "backoff_base_ms = 10"),
+    );
+    d.client()
+        .send(&Request::get(&sink.url("/slow-down")))
+        .unwrap();
+    let reqs = sink.wait_for(2, T);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+}
+
+#[test]
+fn hanging_server_hits_the_attempt_timeout_and_is_retried() {
+    let sink = Sink::with(|_, i| {
+        if i == 0 {
+            Reply::status(200).delay(Duration::from_secs(30))
+        } else {
+            Reply::status(200)
+        }
+    });
+    let d = Daemon::start(FAST);
+    let id = d
+        .client()
+        .send(&Request::get(&sink.url("/hang")).timeout_ms(300))
+        .unwrap();
+    d.wait_stats("delivered after a timeout", T, |s| s["delivered"] == 1);
+    assert_eq!(sink.count(), 2);
+    let st = d.client().status(&id).unwrap();
+    assert_eq!(st["attempts"], 2);
+}
+
+#[test]
+fn https_with_a_test_ca_from_ca_file() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let sink = Sink::tls(&cert.pem(), &key.serialize_pem());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let cfg = format!("{FAST}ca_file = \"{}\"\n", ca_file.display());
+    let d = Daemon::start(&cfg);
+    let url = sink.url("/secure?x=1");
+    assert!(url.starts_with("https://127.0.0.1:"));
+    d.client().send(&Request::post(&url).body("tls")).unwrap();
+    let reqs = sink.wait_for(1, T);
+    assert_eq!(reqs[0].path, "/secure?x=1");
+    assert_eq!(reqs[0].body, b"tls");
+    assert_eq!(reqs[0].version, "HTTP/2.0", "h2 negotiated by ALPN");
+    d.wait_stats("delivered", T, |s| s["delivered"] == 1);
+
+    // Without the CA, the same server is not trusted: a retryable failure.
+    let d2 = Daemon::start(FAST);
+    let id = d2
+        .client()
+        .send(&Request::post(&url).body("tls").max_attempts(1))
+        .unwrap();
+    d2.wait_stats("dead", T, |s| s["dead"] == 1);
+    let st = d2.client().status(&id).unwrap();
+    let err = st["last_error"].as_str().unwrap().to_lowercase();
+    assert!(
+        err.contains("certificate") || err.contains("unknown"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_bad_input_gets_its_code_and_the_connection_keeps_working() {
+    let sink = Sink::start();
+    let d = Daemon::start(&format!("max_line_bytes = 4096\n{FAST}"));
+    let good = format!("{{\"url\":\"{}\"}}\n", sink.url("/ok"));
+    let long = format!(
+        "{{\"url\":\"http://h/\",\"body\":\"{}\"}}\n",
+        "x".repeat(100_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("invalid JSON", b"{\"url\": \n".to_vec(), "bad_json"),
+        (
+            "invalid UTF-8",
+            b"{\"url\":\"http://h/\xff\"}\n".to_vec(),
+            "bad_json",
+        ),
+        (
+            "wrong type",
+            b"{\"url\":\"http://h/\",\"timeout_ms\":\"5\"}\n".to_vec(),
+            "bad_request",
+        ),
+        (
+            "unknown field",
+            b"{\"url\":\"http://h/\",\"tiemout_ms\":5}\n".to_vec(),
+            "bad_request",
+        ),
+        (
+            "missing url",
+            b"{\"method\":\"POST\"}\n".to_vec(),
+            "bad_request",
+        ),
+        (
+            "bad scheme",
+            b"{\"url\":\"file:///etc/passwd\"}\n".to_vec(),
+            "bad_request",
+        ),
+        (
+            "header CR/LF",
+            b"{\"url\":\"http://h/\",\"headers\":{\"x\":\"a\\r\\nb: c\"}}\n".to_vec(),
+            "bad_request",
+        ),
+        (
+            "two bodies",
+            b"{\"url\":\"http://h/\",\"body\":\"a\",\"json\":1}\n".to_vec(),
+            "bad_request",
+        ),
+        (
+            "bad base64",
+            b"{\"url\":\"http://h/\",\"body_base64\":\"!!\"}\n".to_vec(),
+            "bad_request",
+        ),
+        ("over-long line", long.into_bytes(), "line_too_long"),
+        (
+            "unknown dest",
+            b"{\"dest\":\"nowhere\"}\n".to_vec(),
+            "unknown_dest",
+        ),
+        (
+            "unknown op",
+            b"{\"op\":\"explode\"}\n".to_vec(),
+            "unknown_op",
+        ),
+    ];
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for (what, bad, code) in &cases {
+        s.write_all(bad).unwrap();
+        s.write_all(good.as_bytes()).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{what}: {line}");
+        assert_eq!(v["error"], *code, "{what}: {line}");
+        assert!(!v["message"].as_str().unwrap().is_empty());
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "after {what}, the next line: {line}");
+    }
+    sink.wait_for(cases.len(), T);
+    let st = d.stats();
+    assert_eq!(st["rejected"]["bad_json"], 2);
+    assert_eq!(st["rejected"]["line_too_long"], 1);
+    assert_eq!(st["rejected"]["bad_request"], 7);
+    d.client().ping().unwrap();
+}
+
+#[test]
+fn a_client_that_writes_and_closes_at_once_is_served() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let lines = format!(
+        "{{\"url\":\"{0}\"}}\n{{\"url\":\"{0}\",\"method\":\"PUT\"}}",
+        sink.url("/bye")
+    );
+    // The second line has no trailing newline: at end of input it counts.
+    let answers = raw_exchange(&d, lines.as_bytes());
+    assert_eq!(answers.len(), 2);
+    assert!(answers.iter().all(|a| a["ok"] == true));
+    let reqs = sink.wait_for(2, T);
+    let mut methods: Vec<_> = reqs.iter().map(|r| r.method.clone()).collect();
+    methods.sort();
+    assert_eq!(methods, ["GET", "PUT"]);
+}
+
+#[test]
+fn sigterm_lets_deliveries_in_flight_finish() {
+    let sink = Sink::with(|_, _| Reply::status(200).delay(Duration::from_millis(700)));
+    let mut d = Daemon::start(&format!("shutdown_timeout_ms = 10000\n{FAST}"));
+    for i in 0..3 {
+        d.client()
+            .send(&Request::get(&sink.url(&format!("/inflight/{i}"))))
+            .unwrap();
+    }
+    sink.wait_for(3, T);
+    assert_eq!(sink.completed(), 0, "still in flight");
+    let started = Instant::now();
+    let status = d.stop();
+    assert!(status.success(), "{status:?}\n{}", d.logs());
+    assert_eq!(
+        sink.completed(),
+        3,
+        "in-flight deliveries finished before exit"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(d.logs().contains("stopped"), "{}", d.logs());
+    // The outcome was recorded: a restart does not send them again.
+    d.restart();
+    let st = d.stats();
+    assert_eq!(st["queued"], 0, "{st}");
+    assert_eq!(st["in_flight"], 0, "{st}");
+}
+
+#[test]
+fn memory_mode_says_what_a_stop_loses() {
+    let sink = Sink::with(|_, _| Reply::status(503));
+    let mut d = Daemon::start_with(FAST, &["--memory"]);
+    d.client()
+        .send(&Request::get(&sink.url("/x")).delay_ms(60_000))
+        .unwrap();
+    assert!(d.stop().success());
+    let logs = d.logs();
+    assert!(logs.contains("NOT delivered and are lost"), "{logs}");
+    assert!(!d.spool.exists(), "memory mode writes no spool");
+}
+
+#[test]
+fn sends_while_shutting_down_are_refused_and_ops_answer() {
+    let sink = Sink::with(|_, _| Reply::status(200).delay(Duration::from_millis(1500)));
+    let mut d = Daemon::start(FAST);
+    let mut c = d.client();
+    c.send(&Request::get(&sink.url("/slow"))).unwrap();
+    sink.wait_for(1, T);
+    d.signal("TERM");
+    // The connection opened before the signal is still served while draining.
+    let deadline = Instant::now() + T;
+    loop {
+        match c.send(&Request::get(&sink.url("/late"))) {
+            Err(ffclient::Error::Rejected { code_str, .. }) => {
+                assert_eq!(code_str, "shutting_down");
+                break;
+            }
+            Ok(_) => assert!(Instant::now() < deadline, "never refused"),
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(d.wait_exit(T).success());
+}
+
+#[test]
+fn bad_config_stops_ffd_with_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, key) in [
+        ("[delivery]\nmax_in_flight = 0\n", "delivery.max_in_flight"),
+        ("[delivery]\ntimeout_ms = \"soon\"\n", "timeout_ms"),
+        ("sockt = \"/tmp/x\"\n", "sockt"),
+        ("[spool]\nfsync = \"sometimes\"\n", "fsync"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new(bin("ffd"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{toml}: {err}");
+        assert!(err.contains("bad.toml"), "names the file: {err}");
+        assert!(err.contains(key), "names the key {key}: {err}");
+        assert!(!dir.path().join("s.sock").exists());
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ffd.example.toml");
+    let out = Command::new(bin("ffd"))
+        .args(["--check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn stale_socket_is_replaced_but_a_live_ffd_is_not() {
+    let mut d = Daemon::start(FAST);
+    // A second ffd on the same socket refuses to start.
+    let out = Command::new(bin("ffd"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--spool")
+        .arg(d.dir.join("spool2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listening on"));
+    d.client().ping().unwrap();
+    // SIGKILL leaves the socket file behind; the next start replaces it.
+    d.kill9();
+    assert!(d.socket.exists());
+    d.restart();
+    d.client().ping().unwrap();
+}
+
+#[test]
+fn socket_and_spool_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start(FAST);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.socket), 0o600);
+    assert_eq!(mode(&d.spool), 0o700);
+    let segs: Vec<_> = std::fs::read_dir(&d.spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!segs.is_empty());
+    for s in segs {
+        assert_eq!(mode(&s), 0o600, "{}", s.display());
+    }
+}
+
+#[test]
+fn named_destination_adds_base_url_and_headers() {
+    let sink = Sink::start();
+    let cfg = format!(
+        "[destinations.hooks]\nurl = \"{}\"\nheaders = {{ \"x-api-key\" = \"k1\" }}\n{FAST}",
+        sink.url("/base")
+    );
+    let d = Daemon::start(&cfg);
+    let line = r#"{"dest":"hooks","path":"/evt?a=1","json":{"k":1}}"#;
+    d.client().send_line(line).unwrap();
+    let reqs = sink.wait_for(1, T);
+    assert_eq!(reqs[0].path, "/base/evt?a=1");
+    assert_eq!(reqs[0].header("x-api-key"), Some("k1"));
+}
+
+#[test]
+fn duplicate_ids_are_acknowledged_once_delivered_once() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let mut c = d.client();
+    let req = Request::post(&sink.url("/once")).id("order-17").body("x");
+    assert_eq!(c.send(&req).unwrap(), "order-17");
+    sink.wait_for(1, T);
+    d.wait_stats("delivered", T, |s| s["delivered"] == 1);
+    assert_eq!(c.send(&req).unwrap(), "order-17");
+    assert_eq!(d.stats()["duplicates"], 1);
+    assert_eq!(d.stats()["accepted"], 1);
+}
+
+#[test]
+fn ffclient_exit_codes() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let sock = d.socket.to_str().unwrap().to_string();
+    let run = |args: &[&str]| Command::new(bin("ffclient")).args(args).output().unwrap();
+    assert_eq!(run(&["--socket", &sock, "send"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["--socket", &sock, "send", "ftp://x/"]).status.code(),
+        Some(3)
+    );
+    assert_eq!(
+        run(&["--socket", "/nonexistent/ffd.sock", "ping"])
+            .status
+            .code(),
+        Some(4)
+    );
+    let out = run(&["--socket", &sock, "send", &sink.url("/cli"), "-d", "a=1"]);
+    assert_eq!(out.status.code(), Some(0));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let reqs = sink.wait_for(1, T);
+    assert_eq!(reqs[0].method, "POST");
+    assert_eq!(
+        reqs[0].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let out = run(&["--socket", &sock, "status", &id]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(&["--socket", &sock, "status", "no-such-id"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // send -: one answer line per input line, exit 3 when one was refused.
+    let mut child = Command::new(bin("ffclient"))
+        .args(["--socket", &sock, "send", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!(
+        "{{\"url\":\"{0}\"}}\nnot json\n{{\"url\":\"{0}\"}}\n",
+        sink.url("/stdin")
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].starts_with("error bad_json"), "{text}");
+    assert_eq!(lines[0].len(), 26);
+}
+
+#[test]
+fn library_pipeline_reports_each_rejection() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let mut c = Client::connect(&d.socket).unwrap();
+    let mut p = c.pipeline();
+    for i in 0..3000 {
+        if i % 1000 == 7 {
+            p.send_line("{\"url\":\"gopher://x\"}").unwrap();
+        } else {
+            p.send(&Request::get(&sink.url(&format!("/p{i}")))).unwrap();
+        }
+    }
+    let report = p.finish().unwrap();
+    assert_eq!(report.ids.len(), 2997);
+    let idx: Vec<_> = report.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(idx, [7, 1007, 2007]);
+    sink.wait_for(2997, Duration::from_secs(60));
+}

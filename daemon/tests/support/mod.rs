@@ -1,0 +1,479 @@
+//! Shared test helpers: a real `ffd` process on a temp socket and spool, and
+//! a real HTTP server on 127.0.0.1 that records what it receives.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Retries fast, never trips the breaker: for tests that count attempts.
+pub const FAST: &str = "[delivery]\nbackoff_base_ms = 50\nbackoff_multiplier = 2\nbackoff_max_ms = 400\nbreaker_threshold = 1000\ntimeout_ms = 5000\n";
+
+/// What the sink received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+    pub version: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the sink answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+}
+
+type Behavior = Box<dyn Fn(&Recorded, usize) -> Reply + Send + Sync>;
+
+struct SinkInner {
+    reqs: Mutex<Vec<Recorded>>,
+    cv: Condvar,
+    behavior: Mutex<Arc<Behavior>>,
+    completed: AtomicUsize,
+}
+
+/// A real HTTP server (HTTP/1.1 and HTTP/2) on 127.0.0.1.
+pub struct Sink {
+    pub addr: SocketAddr,
+    inner: Arc<SinkInner>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub tls: bool,
+}
+
+impl Sink {
+    /// Answers 200 to everything.
+    pub fn start() -> Sink {
+        Sink::with(|_, _| Reply::status(200))
+    }
+
+    /// Answers with `f(request, index)`; index counts requests from 0.
+    pub fn with(f: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) -> Sink {
+        Sink::serve(0, None, Box::new(f))
+    }
+
+    /// On a given port (to bring a "down" server back).
+    pub fn on_port(
+        port: u16,
+        f: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
+    ) -> Sink {
+        Sink::serve(port, None, Box::new(f))
+    }
+
+    /// HTTPS with the given certificate chain and key (PEM).
+    pub fn tls(cert_pem: &str, key_pem: &str) -> Sink {
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut s = Sink::serve(0, Some(Arc::new(cfg)), Box::new(|_, _| Reply::status(200)));
+        s.tls = true;
+        s
+    }
+
+    fn serve(port: u16, tls: Option<Arc<rustls::ServerConfig>>, f: Behavior) -> Sink {
+        let inner = Arc::new(SinkInner {
+            reqs: Mutex::new(Vec::new()),
+            cv: Condvar::new(),
+            behavior: Mutex::new(Arc::new(f)),
+            completed: AtomicUsize::new(0),
+        });
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind sink");
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let inner2 = inner.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+                loop {
+                    let (tcp, _) = tokio::select! {
+                        r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                        _ = &mut stop_rx => return,
+                    };
+                    let inner = inner2.clone();
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let inner = inner.clone();
+                            async move { handle(inner, req).await }
+                        });
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        match acceptor {
+                            Some(a) => {
+                                if let Ok(tls) = a.accept(tcp).await {
+                                    let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                                }
+                            }
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        Sink {
+            addr,
+            inner,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            tls: false,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (or https).
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// Changes how later requests are answered.
+    pub fn set(&self, f: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) {
+        *self.inner.behavior.lock().unwrap() = Arc::new(Box::new(f));
+    }
+
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.reqs.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.reqs.lock().unwrap().len()
+    }
+
+    /// Responses fully sent.
+    pub fn completed(&self) -> usize {
+        self.inner.completed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `pred` holds for the received requests; panics on timeout.
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Recorded]) -> bool,
+    ) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        let mut reqs = self.inner.reqs.lock().unwrap();
+        loop {
+            if pred(&reqs) {
+                return reqs.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; sink has {} requests",
+                    reqs.len()
+                );
+            }
+            reqs = self.inner.cv.wait_timeout(reqs, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for at least `n` requests.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        self.wait(&format!("{n} requests"), timeout, |r| r.len() >= n)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn handle(
+    inner: Arc<SinkInner>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes().to_vec();
+    let rec = Recorded {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        at: Instant::now(),
+        version: format!("{:?}", parts.version),
+    };
+    let behavior = inner.behavior.lock().unwrap().clone();
+    let index = {
+        let mut reqs = inner.reqs.lock().unwrap();
+        reqs.push(rec.clone());
+        inner.cv.notify_all();
+        reqs.len() - 1
+    };
+    let reply = behavior(&rec, index);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"sink says hi")));
+    *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in reply.headers {
+        resp.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    inner.completed.fetch_add(1, Ordering::SeqCst);
+    Ok(resp)
+}
+
+/// Path of a binary of the workspace, next to `ffd`.
+pub fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_ffd")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// A running `ffd` on a temp socket and spool.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub spool: PathBuf,
+    config: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts ffd with `config` (TOML) in a new temp dir.
+    pub fn start(config: &str) -> Daemon {
+        Daemon::start_with(config, &[])
+    }
+
+    /// Starts ffd with `config` and extra flags.
+    pub fn start_with(config: &str, args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = Daemon {
+            dir: tmp.path().to_path_buf(),
+            socket: tmp.path().join("ffd.sock"),
+            spool: tmp.path().join("spool"),
+            config: config.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            logs: Arc::new(Mutex::new(Vec::new())),
+            _tmp: Some(tmp),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let cfg = self.dir.join("ffd.toml");
+        std::fs::write(&cfg, &self.config).unwrap();
+        let mut child = Command::new(bin("ffd"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--spool")
+            .arg(&self.spool)
+            .args(&self.args)
+            .env("RUST_LOG", "ffd=debug")
+            .env_remove("FFD_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ffd");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ffd ready") {
+                    let _ = tx.send(());
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            panic!("ffd did not become ready:\n{}", self.logs());
+        }
+    }
+
+    /// Everything ffd wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn client(&self) -> ffclient::Client {
+        ffclient::Client::connect(&self.socket).expect("connect to ffd")
+    }
+
+    pub fn stats(&self) -> Value {
+        self.client().stats().expect("stats")
+    }
+
+    /// Polls `stats` until `pred` holds; panics with the last stats on timeout.
+    pub fn wait_stats(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out waiting for {what}; stats: {s:#}\nlogs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal without waiting.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for the process to exit (after a signal), with a timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("ffd did not exit within {timeout:?}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Starts again on the same socket, spool and config.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn();
+    }
+
+    /// Changes the config used by the next restart.
+    pub fn set_config(&mut self, config: &str) {
+        self.config = config.to_string();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
