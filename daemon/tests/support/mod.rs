@@ -72,6 +72,7 @@ struct SinkInner {
     cv: Condvar,
     behavior: Mutex<Arc<Behavior>>,
     completed: AtomicUsize,
+    arrived: AtomicUsize,
 }
 
 /// A real HTTP server (HTTP/1.1 and HTTP/2) on 127.0.0.1.
@@ -129,6 +130,7 @@ impl Sink {
             cv: Condvar::new(),
             behavior: Mutex::new(Arc::new(f)),
             completed: AtomicUsize::new(0),
+            arrived: AtomicUsize::new(0),
         });
         let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind sink");
         std_listener.set_nonblocking(true).unwrap();
@@ -275,13 +277,15 @@ async fn handle(
         version: format!("{:?}", parts.version),
     };
     let behavior = inner.behavior.lock().unwrap().clone();
-    let index = {
+    // The behavior runs before the request is visible to waiters, so what it
+    // records is there when a waiter wakes.
+    let index = inner.arrived.fetch_add(1, Ordering::SeqCst);
+    let reply = behavior(&rec, index);
+    {
         let mut reqs = inner.reqs.lock().unwrap();
         reqs.push(rec.clone());
         inner.cv.notify_all();
-        reqs.len() - 1
-    };
-    let reply = behavior(&rec, index);
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
