@@ -59,6 +59,11 @@ pub struct Config {
     pub socket_mode: String,
     /// Most connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Peers (by uid) allowed to use the socket, beside root and ffd's own
+    /// user. Empty, with `allowed_gids` empty too: the socket's mode decides.
+    pub allowed_uids: Vec<u32>,
+    /// Peers whose primary or supplementary group is listed are allowed.
+    pub allowed_gids: Vec<u32>,
     /// Longest request line in bytes.
     pub max_line_bytes: usize,
     /// Text or JSON logs.
@@ -154,6 +159,8 @@ impl Default for Config {
             socket: default_socket(),
             socket_mode: "0600".into(),
             max_connections: 1024,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
             max_line_bytes: ffd_proto::DEFAULT_MAX_LINE_BYTES,
             log_format: LogFormat::Text,
             log_level: "info".into(),

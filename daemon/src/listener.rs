@@ -61,6 +61,53 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener> 
     Ok(listener)
 }
 
+/// Who may connect, checked on accept with the peer's credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Allowed uids (root and ffd's own user always are).
+    pub uids: Vec<u32>,
+    /// Allowed groups (primary or supplementary).
+    pub gids: Vec<u32>,
+}
+
+impl Access {
+    fn restricted(&self) -> bool {
+        !self.uids.is_empty() || !self.gids.is_empty()
+    }
+}
+
+/// The peer's supplementary groups (SO_PEERGROUPS), as the kernel saw them at
+/// connect time; no /proc reading, so it works under ProtectProc=invisible.
+fn peer_groups(fd: std::os::fd::RawFd) -> Vec<u32> {
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `groups`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r == 0 {
+            groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+            return groups;
+        }
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+            && needed > groups.len()
+            && needed <= 65536
+        {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Vec::new();
+    }
+}
+
 /// Accepts connections until `stop` turns true; each is served on its own
 /// task, at most `max_connections` at once (the rest wait in the backlog).
 pub async fn run(
@@ -68,6 +115,7 @@ pub async fn run(
     engine: Arc<Engine>,
     max_connections: usize,
     max_line: usize,
+    access: Access,
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
@@ -90,11 +138,45 @@ pub async fn run(
             },
             _ = stop.changed() => return,
         };
-        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let cred = stream.peer_cred().ok();
+        let uid = cred.map(|c| c.uid());
         let peer = Peer {
             admin: matches!(uid, Some(u) if u == 0 || u == my_uid),
         };
         let engine = engine.clone();
+        if access.restricted() && !peer.admin {
+            use std::os::fd::AsRawFd;
+            let allowed = cred.is_some_and(|c| {
+                access.uids.contains(&c.uid())
+                    || access.gids.contains(&c.gid())
+                    || peer_groups(stream.as_raw_fd())
+                        .iter()
+                        .any(|g| access.gids.contains(g))
+            });
+            if !allowed {
+                warn!(
+                    uid = cred.map(|c| c.uid()),
+                    gid = cred.map(|c| c.gid()),
+                    pid = cred.and_then(|c| c.pid()),
+                    "refused a peer not in allowed_uids/allowed_gids"
+                );
+                engine.count_rejected(ffd_proto::ErrorCode::Forbidden);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let mut line = Vec::new();
+                    ffd_proto::write_error(
+                        &mut line,
+                        ffd_proto::ErrorCode::Forbidden,
+                        "this user may not use ffd (see allowed_uids / allowed_gids)",
+                    );
+                    let _ = stream.write_all(&line).await;
+                    let _ = stream.shutdown().await;
+                    drop(permit);
+                });
+                continue;
+            }
+        }
         tokio::spawn(async move {
             engine.connections.fetch_add(1, Ordering::Relaxed);
             debug!(?uid, "connection opened");

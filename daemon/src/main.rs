@@ -12,6 +12,7 @@ mod retry;
 mod scheduler;
 mod shutdown;
 mod spool;
+mod systemd;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -27,7 +28,7 @@ use tracing::{info, warn};
 #[command(name = "ffd", version, about, long_about = None)]
 struct Cli {
     /// TOML config file (see ffd.example.toml); flags override it.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", env = "FFD_CONFIG")]
     config: Option<PathBuf>,
     /// Unix socket path.
     #[arg(long, value_name = "PATH", env = "FFD_SOCKET")]
@@ -93,29 +94,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     {
         return spool_check(dir, *json);
     }
-    let mut cfg = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(s) = cli.socket {
-        cfg.socket = s;
-    }
-    if let Some(d) = cli.spool {
-        cfg.spool.dir = d;
-    }
-    if cli.memory {
-        cfg.spool.mode = SpoolMode::Memory;
-    }
-    if let Some(f) = cli.fsync {
-        cfg.spool.fsync = f;
-    }
-    if let Some(f) = cli.log_format {
-        cfg.log_format = f;
-    }
-    if let Some(l) = cli.log_level {
-        cfg.log_level = l;
-    }
-    cfg.validate().context("invalid flags")?;
+    let cfg = load_config(&cli)?;
     if cli.check_config {
         println!(
             "{}: ok",
@@ -126,30 +105,139 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    init_logging(&cfg);
+    // Taken before any thread starts: the variables are removed from the environment.
+    let activated = systemd::listener_from_env()?;
+    let reload_log = init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ffd")
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg))?;
+    rt.block_on(serve(cfg, cli, activated, reload_log))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    let builder = tracing_subscriber::fmt()
+/// The config file (if any) with the flags applied over it.
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut cfg = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(s) = &cli.socket {
+        cfg.socket = s.clone();
+    }
+    if let Some(d) = &cli.spool {
+        cfg.spool.dir = d.clone();
+    }
+    if cli.memory {
+        cfg.spool.mode = SpoolMode::Memory;
+    }
+    if let Some(f) = cli.fsync {
+        cfg.spool.fsync = f;
+    }
+    if let Some(f) = cli.log_format {
+        cfg.log_format = f;
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log_level = l.clone();
+    }
+    cfg.validate().context("invalid flags")?;
+    Ok(cfg)
+}
+
+/// Sets the log level anew (SIGHUP).
+type ReloadLog = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
+fn init_logging(cfg: &Config) -> ReloadLog {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    macro_rules! finish {
+        ($b:expr) => {{
+            let b = $b.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Box::new(move |level: &str| {
+                let f = EnvFilter::try_new(level)?;
+                handle.reload(f).map_err(anyhow::Error::from)
+            })
+        }};
+    }
+    let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
     match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => finish!(base.json()),
+        LogFormat::Text => finish!(base),
     }
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+/// SIGHUP: re-reads the config file and applies what can change at run
+/// time; says which keys need a restart.
+fn reload(cli: &Cli, running: &Config, engine: &scheduler::Engine, reload_log: &ReloadLog) {
+    let Some(path) = &cli.config else {
+        info!("SIGHUP: no --config file; nothing to reload");
+        return;
+    };
+    let new = match load_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "SIGHUP: config not reloaded, keeping the running one");
+            return;
+        }
+    };
+    let mut applied = engine.reload(&new);
+    if new.log_level != running.log_level {
+        match reload_log(&new.log_level) {
+            Ok(()) => applied.push("log_level"),
+            Err(e) => warn!(error = %e, "SIGHUP: log_level not reloaded"),
+        }
+    }
+    let mut restart = Vec::new();
+    macro_rules! fixed {
+        ($($($f:ident).+),*) => {$(
+            if format!("{:?}", new.$($f).+) != format!("{:?}", running.$($f).+) {
+                restart.push(stringify!($($f).+));
+            }
+        )*};
+    }
+    fixed!(
+        socket,
+        socket_mode,
+        max_connections,
+        max_line_bytes,
+        log_format,
+        allowed_uids,
+        allowed_gids,
+        shutdown_timeout_ms,
+        spool.mode,
+        spool.dir,
+        spool.fsync,
+        spool.max_bytes,
+        spool.segment_bytes,
+        spool.when_full,
+        delivery.connect_timeout_ms,
+        delivery.id_header,
+        delivery.user_agent,
+        delivery.ca_file,
+        delivery.response_snippet_bytes,
+        delivery.pool_idle_per_host,
+        delivery.pool_idle_timeout_ms
+    );
+    info!(config = %path.display(), applied = ?applied, "SIGHUP: config reloaded");
+    if !restart.is_empty() {
+        warn!(keys = ?restart, "SIGHUP: these keys changed but only take effect after a restart");
+    }
+}
+
+async fn serve(
+    cfg: Config,
+    cli: Cli,
+    activated: Option<std::os::unix::net::UnixListener>,
+    reload_log: ReloadLog,
+) -> Result<()> {
     let deliverer = deliver::Deliverer::new(&cfg.delivery)?;
     let spool = match cfg.spool.mode {
         SpoolMode::Disk => Some(spool::Spool::open(
@@ -163,7 +251,15 @@ async fn serve(cfg: Config) -> Result<()> {
         }
     };
     let engine = scheduler::Engine::new(&cfg, deliverer, spool.clone());
-    let std_listener = listener::bind(&cfg.socket, cfg.socket_mode_bits()?)?;
+    let is_activated = activated.is_some();
+    let std_listener = match activated {
+        // systemd owns the socket file, its mode and its group.
+        Some(l) => {
+            info!("using the listening socket passed by the service manager");
+            l
+        }
+        None => listener::bind(&cfg.socket, cfg.socket_mode_bits()?)?,
+    };
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut signals = shutdown::signals()?;
@@ -174,6 +270,10 @@ async fn serve(cfg: Config) -> Result<()> {
         engine.clone(),
         cfg.max_connections,
         cfg.max_line_bytes,
+        listener::Access {
+            uids: cfg.allowed_uids.clone(),
+            gids: cfg.allowed_gids.clone(),
+        },
         stop_rx,
     ));
     if let Some(spool) = spool.clone() {
@@ -220,8 +320,38 @@ async fn serve(cfg: Config) -> Result<()> {
         pid = std::process::id(),
         "ffd ready"
     );
+    systemd::notify("READY=1\nSTATUS=ready");
+    {
+        // Queue depth for `systemctl status`, and the watchdog when asked for.
+        let engine = engine.clone();
+        let watchdog = systemd::watchdog_interval();
+        tokio::spawn(async move {
+            let period = watchdog
+                .unwrap_or(Duration::from_secs(5))
+                .min(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let mut msg = format!("STATUS={}", engine.status_line());
+                if watchdog.is_some() {
+                    msg.push_str("\nWATCHDOG=1");
+                }
+                systemd::notify(&msg);
+            }
+        });
+    }
 
-    let sig = signals.recv().await;
+    let sig = loop {
+        match signals.recv().await {
+            Some("SIGHUP") => {
+                systemd::notify("RELOADING=1");
+                reload(&cli, &cfg, &engine, &reload_log);
+                systemd::notify("READY=1");
+            }
+            other => break other,
+        }
+    };
+    systemd::notify("STOPPING=1\nSTATUS=draining");
     info!(
         signal = sig.unwrap_or("?"),
         "shutting down: no new requests; draining deliveries in flight"
@@ -236,7 +366,9 @@ async fn serve(cfg: Config) -> Result<()> {
             (usize::MAX, usize::MAX)
         }
     };
-    let _ = std::fs::remove_file(&cfg.socket);
+    if !is_activated {
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
     match &spool {
         Some(s) => {
             s.close().await;

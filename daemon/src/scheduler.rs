@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -137,11 +137,11 @@ struct State {
 /// The scheduler and its handles: shared by connections (accept, ops), the
 /// dispatcher and delivery tasks.
 pub struct Engine {
-    delivery: DeliveryConfig,
-    destinations: HashMap<String, (Uri, Vec<(HeaderName, HeaderValue)>)>,
+    /// Reloadable on SIGHUP: swapped whole, read as a snapshot.
+    delivery: RwLock<Arc<DeliveryConfig>>,
+    destinations: RwLock<Arc<Destinations>>,
     max_bytes: u64,
     when_full: WhenFull,
-    backoff: Backoff,
     state: Mutex<State>,
     wake: Notify,
     idle: Notify,
@@ -154,6 +154,36 @@ pub struct Engine {
     started: Instant,
 }
 
+type Destinations = HashMap<String, (Uri, Vec<(HeaderName, HeaderValue)>)>;
+
+fn destinations(cfg: &Config) -> Destinations {
+    cfg.destinations
+        .iter()
+        .filter_map(|(name, d)| {
+            let uri: Uri = d.url.trim_end_matches('/').parse().ok()?;
+            let headers = d
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
+            Some((name.clone(), (uri, headers)))
+        })
+        .collect()
+}
+
+fn backoff(d: &DeliveryConfig) -> Backoff {
+    Backoff {
+        base_ms: d.backoff_base_ms,
+        multiplier: d.backoff_multiplier,
+        max_ms: d.backoff_max_ms,
+    }
+}
+
 /// Whether an accept reserved room.
 enum Room {
     Reserved,
@@ -164,33 +194,9 @@ impl Engine {
     /// A scheduler for `cfg`, delivering with `deliverer`, persisting to `spool`
     /// (`None`: memory only).
     pub fn new(cfg: &Config, deliverer: Arc<Deliverer>, spool: Option<Arc<Spool>>) -> Arc<Engine> {
-        let destinations = cfg
-            .destinations
-            .iter()
-            .map(|(name, d)| {
-                let uri: Uri = d.url.trim_end_matches('/').parse().expect("validated url");
-                let headers = d
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((
-                            HeaderName::from_bytes(k.as_bytes()).ok()?,
-                            HeaderValue::from_str(v).ok()?,
-                        ))
-                    })
-                    .collect();
-                (name.clone(), (uri, headers))
-            })
-            .collect();
-        let d = &cfg.delivery;
         Arc::new(Engine {
-            backoff: Backoff {
-                base_ms: d.backoff_base_ms,
-                multiplier: d.backoff_multiplier,
-                max_ms: d.backoff_max_ms,
-            },
-            delivery: d.clone(),
-            destinations,
+            delivery: RwLock::new(Arc::new(cfg.delivery.clone())),
+            destinations: RwLock::new(Arc::new(destinations(cfg))),
             max_bytes: cfg.spool.max_bytes,
             when_full: cfg.spool.when_full,
             state: Mutex::new(State {
@@ -219,6 +225,59 @@ impl Engine {
         })
     }
 
+    fn dcfg(&self) -> Arc<DeliveryConfig> {
+        self.delivery
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies the reloadable parts of a new config (delivery limits and
+    /// policy, destinations); returns the keys that changed.
+    pub fn reload(&self, cfg: &Config) -> Vec<&'static str> {
+        let old = self.dcfg();
+        let new = &cfg.delivery;
+        let mut changed = Vec::new();
+        macro_rules! diff {
+            ($($f:ident),*) => {$(
+                if old.$f != new.$f {
+                    changed.push(concat!("delivery.", stringify!($f)));
+                }
+            )*};
+        }
+        diff!(
+            max_in_flight,
+            max_in_flight_per_host,
+            timeout_ms,
+            max_attempts,
+            ttl_ms,
+            backoff_base_ms,
+            backoff_multiplier,
+            backoff_max_ms,
+            breaker_threshold,
+            breaker_cooldown_ms,
+            breaker_cooldown_max_ms,
+            status_history
+        );
+        *self.delivery.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
+        *self.destinations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(destinations(cfg));
+        changed.push("destinations");
+        self.wake.notify_one();
+        changed
+    }
+
+    /// A short line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let st = self.lock();
+        format!(
+            "{} queued, {} in flight, {} delivered, {} dead letters",
+            st.pending - st.in_flight,
+            st.in_flight,
+            st.counters.delivered,
+            st.dead.len()
+        )
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; the state is still
         // the best record of what is pending, so keep using it.
@@ -233,13 +292,19 @@ impl Engine {
 
     /// Turns a validated send into a job, resolving `dest` and the defaults.
     fn make_job(&self, req: SendRequest, now: u64) -> Result<Job, ProtoError> {
+        let dcfg = self.dcfg();
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(req.headers.len());
         let uri: Uri = match &req.target {
             Target::Url(u) => u
                 .parse()
                 .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "`url` is not a valid URL"))?,
             Target::Dest { name, path } => {
-                let (base, dest_headers) = self.destinations.get(name).ok_or_else(|| {
+                let dests = self
+                    .destinations
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let (base, dest_headers) = dests.get(name).ok_or_else(|| {
                     ProtoError::new(
                         ErrorCode::UnknownDest,
                         format!("no destination named {name:?} in the config"),
@@ -272,15 +337,15 @@ impl Engine {
             Some(id) => id.into(),
             None => crate::id::new_id(now).into(),
         };
-        let ttl = req.ttl_ms.unwrap_or(self.delivery.ttl_ms);
+        let ttl = req.ttl_ms.unwrap_or(dcfg.ttl_ms);
         Ok(Job {
             id,
             method,
             uri,
             headers,
             body: Bytes::from(req.body),
-            timeout_ms: req.timeout_ms.unwrap_or(self.delivery.timeout_ms),
-            max_attempts: req.max_attempts.unwrap_or(self.delivery.max_attempts),
+            timeout_ms: req.timeout_ms.unwrap_or(dcfg.timeout_ms),
+            max_attempts: req.max_attempts.unwrap_or(dcfg.max_attempts),
             accepted_ms: now,
             not_before_ms: now + req.delay_ms.unwrap_or(0),
             expires_ms: now.saturating_add(ttl),
@@ -317,7 +382,11 @@ impl Engine {
                         fresh.push((i, job, bytes));
                         break;
                     }
-                    Ok(Some(Room::Full)) if self.when_full == WhenFull::Block => notified.await,
+                    Ok(Some(Room::Full)) if self.when_full == WhenFull::Block => {
+                        // Room comes back when the spool writer deletes a
+                        // segment, which sends no wake-up: look again soon.
+                        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+                    }
                     Ok(Some(Room::Full)) => {
                         results[i] = Err(ProtoError::new(
                             ErrorCode::SpoolFull,
@@ -513,7 +582,7 @@ impl Engine {
             let (starts, expired, next) = {
                 let mut st = self.lock();
                 let now = now_ms();
-                let (starts, expired) = st.collect(now, &self.delivery);
+                let (starts, expired) = st.collect(now, &self.dcfg());
                 (
                     starts,
                     expired,
@@ -548,6 +617,7 @@ impl Engine {
     /// Applies an attempt's outcome.
     fn finish(&self, job: &Arc<Job>, a: Attempt) {
         let now = now_ms();
+        let dcfg = self.dcfg();
         let mut st = self.lock();
         st.in_flight -= 1;
         let Some(e) = st.entries.get_mut(&job.id) else {
@@ -583,9 +653,9 @@ impl Engine {
             }
             Verdict::Retry => {
                 let breaker_cfg = (
-                    self.delivery.breaker_threshold,
-                    self.delivery.breaker_cooldown_ms,
-                    self.delivery.breaker_cooldown_max_ms,
+                    dcfg.breaker_threshold,
+                    dcfg.breaker_cooldown_ms,
+                    dcfg.breaker_cooldown_max_ms,
                 );
                 let h = &mut st.hosts[host];
                 h.failures += 1;
@@ -609,9 +679,7 @@ impl Engine {
                     warn!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, "delivery failed, attempts spent; kept as dead letter");
                     Some(Phase::Dead)
                 } else {
-                    let wait = self
-                        .backoff
-                        .wait_ms(attempts, fastrand::f64(), a.retry_after_ms);
+                    let wait = backoff(&dcfg).wait_ms(attempts, fastrand::f64(), a.retry_after_ms);
                     let at = now + wait;
                     if at >= job.expires_ms {
                         warn!(id = %job.id, url, attempts, "ttl passes before the next attempt; expired");
@@ -629,7 +697,7 @@ impl Engine {
             }
         };
         if let Some(phase) = end {
-            st.end(&job.id, phase, now, self.delivery.status_history);
+            st.end(&job.id, phase, now, dcfg.status_history);
             if let Some(s) = &self.spool {
                 s.record(&job.id, Outcome::end(phase, attempts, &a, now));
             }

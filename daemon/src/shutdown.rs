@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::mpsc;
 
-/// A stream of stop signals (`"SIGTERM"`, `"SIGINT"`). SIGHUP is logged.
+/// A stream of signals: `"SIGTERM"`, `"SIGINT"` (stop) and `"SIGHUP"` (reload).
 pub fn signals() -> Result<mpsc::UnboundedReceiver<&'static str>> {
     let mut sigs = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
@@ -20,10 +20,7 @@ pub fn signals() -> Result<mpsc::UnboundedReceiver<&'static str>> {
                 let name = match sig {
                     SIGTERM => "SIGTERM",
                     SIGINT => "SIGINT",
-                    _ => {
-                        tracing::info!("SIGHUP: nothing to reload in this version");
-                        continue;
-                    }
+                    _ => "SIGHUP",
                 };
                 if tx.send(name).is_err() {
                     return;

@@ -319,6 +319,7 @@ pub struct Daemon {
     pub spool: PathBuf,
     config: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -332,6 +333,11 @@ impl Daemon {
 
     /// Starts ffd with `config` and extra flags.
     pub fn start_with(config: &str, args: &[&str]) -> Daemon {
+        Daemon::start_env(config, args, &[])
+    }
+
+    /// Starts ffd with `config`, extra flags and extra environment.
+    pub fn start_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
         let mut d = Daemon {
             dir: tmp.path().to_path_buf(),
@@ -339,6 +345,10 @@ impl Daemon {
             spool: tmp.path().join("spool"),
             config: config.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
             _tmp: Some(tmp),
@@ -358,6 +368,7 @@ impl Daemon {
             .arg("--spool")
             .arg(&self.spool)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "ffd=debug")
             .env_remove("FFD_SOCKET")
             .stdin(Stdio::null())
