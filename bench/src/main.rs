@@ -1,0 +1,1054 @@
+//! `ffd-bench`: measures ffd against its floors, ceilings and peers, all in
+//! one run on loopback, and writes a markdown table. Run through `bench/run`.
+//!
+//! Every ffd figure is printed beside the limit or peer it chases, measured
+//! in the same run, with the ratio. Each figure is the median of `repeat`
+//! runs. Latencies are measured with client and server pinned to the same
+//! CPU (see the machine note in the output).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+struct Sizes {
+    repeat: usize,
+    ack_n: usize,
+    ingest_n: usize,
+    deliver_n: usize,
+    recipe_n: usize,
+    slow_n: usize,
+    backlog_n: usize,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            repeat: 3,
+            ack_n: 20_000,
+            ingest_n: 200_000,
+            deliver_n: 50_000,
+            recipe_n: 2_000,
+            slow_n: 10_000,
+            backlog_n: 1_000_000,
+        }
+    }
+    fn smoke() -> Sizes {
+        Sizes {
+            repeat: 1,
+            ack_n: 500,
+            ingest_n: 5_000,
+            deliver_n: 2_000,
+            recipe_n: 30,
+            slow_n: 200,
+            backlog_n: 20_000,
+        }
+    }
+}
+
+struct Opts {
+    smoke: bool,
+    ffd: PathBuf,
+    ffclient: PathBuf,
+    out: PathBuf,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        smoke: false,
+        ffd: "target/release/ffd".into(),
+        ffclient: "target/release/ffclient".into(),
+        out: "bench/RESULTS.md".into(),
+        dir: std::env::temp_dir().join(format!("ffd-bench-{}", std::process::id())),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().expect("flag needs a value");
+        match a.as_str() {
+            "--smoke" => o.smoke = true,
+            "--ffd" => o.ffd = val().into(),
+            "--ffclient" => o.ffclient = val().into(),
+            "--out" => o.out = val().into(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    o
+}
+
+// ---------------------------------------------------------------- the sink
+
+/// A minimal hyper HTTP/1.1 server on 127.0.0.1 that counts requests; paths
+/// starting with `/slow` are answered after 200 ms.
+struct Sink {
+    port: u16,
+    count: Arc<AtomicU64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_l.set_nonblocking(true).unwrap();
+        let port = std_l.local_addr().unwrap().port();
+        let c = count.clone();
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(std_l).unwrap();
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let c = c.clone();
+                        async move {
+                            let slow = req.uri().path().starts_with("/slow");
+                            let _ = req.into_body().collect().await;
+                            if slow {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            c.fetch_add(1, Ordering::Relaxed);
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Sink {
+            port,
+            count,
+            _rt: rt,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the count reaches `target`; the time it took from `since`.
+    fn wait_until(&self, target: u64, since: Instant, limit: Duration) -> Option<Duration> {
+        while self.count() < target {
+            if since.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Some(since.elapsed())
+    }
+}
+
+// ---------------------------------------------------------------- ffd
+
+struct Ffd {
+    child: Child,
+    socket: PathBuf,
+    ready: Duration,
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn start_ffd(o: &Opts, name: &str, config: &str, args: &[&str], cpu: Option<usize>) -> Ffd {
+    let dir = o.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    start_ffd_in(o, &dir, config, args, cpu)
+}
+
+fn start_ffd_in(o: &Opts, dir: &Path, config: &str, args: &[&str], cpu: Option<usize>) -> Ffd {
+    let cfg = dir.join("ffd.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let socket = dir.join("ffd.sock");
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.arg("-c").arg(c.to_string()).arg(&o.ffd);
+            t
+        }
+        None => Command::new(&o.ffd),
+    };
+    let started = Instant::now();
+    let mut child = cmd
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .args(args)
+        .env("RUST_LOG", "ffd=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ffd (build it with bench/run)");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l2 = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("ffd ready") {
+                let _ = tx.send(());
+            }
+            l2.lock().unwrap().push(line);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("ffd ready");
+    Ffd {
+        child,
+        socket,
+        ready: started.elapsed(),
+        logs,
+    }
+}
+
+impl Ffd {
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Ffd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; pid 0 means the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn unpin() {
+    // SAFETY: as in pin_to.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    pct(&mut v, 0.5)
+}
+
+fn send_line(url: &str, extra: &str) -> String {
+    format!(
+        "{{\"url\":\"{url}\",\"headers\":{{\"x-bench\":\"1\"}},\"body\":\"{}\"{extra}}}\n",
+        "b".repeat(120)
+    )
+}
+
+/// Sequential round trips of `line` on one connection; latencies in µs.
+fn pingpong(socket: &Path, line: &str, n: usize) -> Vec<f64> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut answer = String::new();
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(line.as_bytes()).unwrap();
+        answer.clear();
+        r.read_line(&mut answer).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        debug_assert!(answer.contains("\"ok\":true"), "{answer}");
+    }
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    lat
+}
+
+/// `conns` connections each write their share of `n` lines pipelined and
+/// read the answers; returns lines per second (all answered).
+fn ingest(socket: &Path, line: &str, n: usize, conns: usize) -> f64 {
+    let per = n / conns;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..conns)
+        .map(|_| {
+            let (socket, line) = (socket.to_path_buf(), line.to_string());
+            std::thread::spawn(move || {
+                let s = UnixStream::connect(&socket).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let writer = std::thread::spawn(move || {
+                    let chunk: String = line.repeat(256);
+                    let mut left = per;
+                    while left > 0 {
+                        let k = left.min(256);
+                        w.write_all(chunk[..line.len() * k].as_bytes()).unwrap();
+                        left -= k;
+                    }
+                });
+                let mut r = BufReader::with_capacity(1 << 16, s);
+                let mut buf = Vec::new();
+                let mut got = 0;
+                while got < per {
+                    buf.clear();
+                    r.read_until(b'\n', &mut buf).unwrap();
+                    assert!(
+                        buf.starts_with(b"{\"ok\":true"),
+                        "{}",
+                        String::from_utf8_lossy(&buf)
+                    );
+                    got += 1;
+                }
+                writer.join().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (per * conns) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The floor: a bare Unix-socket server that parses each line as JSON and
+/// answers one line, batched per read like ffd. No validation, no spool.
+fn floor_server(path: &Path, cpu: Option<usize>) {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        if let Some(c) = cpu {
+            pin_to(c);
+        }
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                if let Some(c) = cpu {
+                    pin_to(c);
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut partial = Vec::new();
+                let mut out = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    partial.extend_from_slice(&buf[..n]);
+                    out.clear();
+                    let mut start = 0;
+                    while let Some(p) = partial[start..].iter().position(|b| *b == b'\n') {
+                        let line = &partial[start..start + p];
+                        let ok = serde_json::from_slice::<Value>(line).is_ok();
+                        out.extend_from_slice(if ok {
+                            b"{\"ok\":true,\"id\":\"01M89PSGMXW0BG8QVJT4S8AGQE\"}\n"
+                        } else {
+                            b"{\"ok\":false,\"error\":\"bad_json\"}\n"
+                        });
+                        start += p + 1;
+                    }
+                    partial.drain(..start);
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------- rows
+
+struct Row {
+    section: &'static str,
+    what: String,
+    ffd: String,
+    peer: String,
+    ratio: String,
+    goal: String,
+}
+
+fn row(
+    section: &'static str,
+    what: impl Into<String>,
+    ffd: impl Into<String>,
+    peer: impl Into<String>,
+    ratio: impl Into<String>,
+    goal: impl Into<String>,
+) -> Row {
+    let r = Row {
+        section,
+        what: what.into(),
+        ffd: ffd.into(),
+        peer: peer.into(),
+        ratio: ratio.into(),
+        goal: goal.into(),
+    };
+    eprintln!(
+        "  {:<58} {:>16} | {:<28} | {:>8} | {}",
+        r.what, r.ffd, r.peer, r.ratio, r.goal
+    );
+    r
+}
+
+fn us(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.1} µs")
+    }
+}
+
+fn rate(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.0}k/s", v / 1000.0)
+    } else {
+        format!("{v:.0}/s")
+    }
+}
+
+fn secs(v: f64) -> String {
+    format!("{v:.2} s")
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn main() {
+    let o = parse_args();
+    let sizes = if o.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    std::fs::create_dir_all(&o.dir).unwrap();
+    let sink = Sink::start();
+    let mut rows = Vec::new();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "ffd-bench: {} (dir {})",
+        if o.smoke { "smoke" } else { "full" },
+        o.dir.display()
+    );
+
+    // 1. ACK round trip, same CPU for both ends.
+    eprintln!("1. ACK round trip (client and server on CPU 0)");
+    let hold = ",\"delay_ms\":3600000";
+    let line = send_line(&sink.url("/ack"), hold);
+    let floor_path = o.dir.join("floor.sock");
+    floor_server(&floor_path, Some(0));
+    pin_to(0);
+    let mut floor_p = (vec![], vec![], vec![]);
+    for _ in 0..sizes.repeat {
+        let mut l = pingpong(&floor_path, &line, sizes.ack_n);
+        floor_p.0.push(pct(&mut l, 0.5));
+        floor_p.1.push(pct(&mut l, 0.99));
+        floor_p.2.push(pct(&mut l, 0.999));
+    }
+    let floor = (median(floor_p.0), median(floor_p.1), median(floor_p.2));
+    rows.push(row(
+        "ack",
+        "floor: bare socket ping-pong + JSON parse, p50 / p99 / p999",
+        format!("{} / {} / {}", us(floor.0), us(floor.1), us(floor.2)),
+        "",
+        "",
+        "",
+    ));
+    for (mode, args) in [
+        ("never", &["--fsync", "never"][..]),
+        ("always", &["--fsync", "always"][..]),
+        ("memory", &["--memory"][..]),
+    ] {
+        let mut p = (vec![], vec![], vec![]);
+        for r in 0..sizes.repeat {
+            let f = start_ffd(&o, &format!("ack-{mode}-{r}"), "", args, Some(0));
+            let _ = pingpong(&f.socket, &line, 200); // warm up
+            let mut l = pingpong(&f.socket, &line, sizes.ack_n);
+            p.0.push(pct(&mut l, 0.5));
+            p.1.push(pct(&mut l, 0.99));
+            p.2.push(pct(&mut l, 0.999));
+            f.stop();
+        }
+        let m = (median(p.0), median(p.1), median(p.2));
+        let goal = if mode == "never" {
+            format!("p99 ≤ 2× floor: {}", met(m.1 <= 2.0 * floor.1))
+        } else {
+            String::new()
+        };
+        rows.push(row(
+            "ack",
+            format!("ffd ACK, spool {mode}, p50 / p99 / p999"),
+            format!("{} / {} / {}", us(m.0), us(m.1), us(m.2)),
+            format!("floor {} / {} / {}", us(floor.0), us(floor.1), us(floor.2)),
+            format!("{:.2}× / {:.2}×", m.0 / floor.0, m.1 / floor.1),
+            goal,
+        ));
+    }
+    unpin();
+
+    // 2. Ingest, pipelined.
+    eprintln!("2. ingest, pipelined");
+    let floor_ingest = o.dir.join("floor-ingest.sock");
+    floor_server(&floor_ingest, None);
+    for conns in [1, 8] {
+        let fl = median(
+            (0..sizes.repeat)
+                .map(|_| ingest(&floor_ingest, &line, sizes.ingest_n, conns))
+                .collect(),
+        );
+        for (mode, args) in [
+            ("never", &["--fsync", "never"][..]),
+            ("memory", &["--memory"][..]),
+        ] {
+            let v = median(
+                (0..sizes.repeat)
+                    .map(|r| {
+                        let f = start_ffd(
+                            &o,
+                            &format!("ingest-{mode}-{conns}-{r}"),
+                            "[spool]\nmax_bytes = 4294967296\n",
+                            args,
+                            None,
+                        );
+                        let v = ingest(&f.socket, &line, sizes.ingest_n, conns);
+                        f.stop();
+                        v
+                    })
+                    .collect(),
+            );
+            rows.push(row(
+                "ingest",
+                format!("ingest, {conns} connection(s), spool {mode}"),
+                rate(v),
+                format!("floor {}", rate(fl)),
+                format!("{:.2}×", v / fl),
+                if mode == "never" {
+                    format!("≥ 0.5× floor: {}", met(v >= 0.5 * fl))
+                } else {
+                    String::new()
+                },
+            ));
+        }
+    }
+
+    // 3. Delivered rate.
+    eprintln!("3. delivered requests per second");
+    let conc = 64;
+    let dcfg = format!("[delivery]\nmax_in_flight = 256\nmax_in_flight_per_host = {conc}\n");
+    let ceiling = median(
+        (0..sizes.repeat)
+            .map(|_| plain_hyper(&sink, sizes.deliver_n, conc))
+            .collect(),
+    );
+    let mut deliver_runs = Vec::new();
+    for r in 0..sizes.repeat {
+        let f = start_ffd(&o, &format!("deliver-{r}"), &dcfg, &[], None);
+        let line = send_line(&sink.url("/deliver"), "");
+        let base = sink.count();
+        let t = Instant::now();
+        ingest(&f.socket, &line, sizes.deliver_n, 1);
+        let d = sink
+            .wait_until(base + sizes.deliver_n as u64, t, Duration::from_secs(300))
+            .expect("delivered");
+        deliver_runs.push(sizes.deliver_n as f64 / d.as_secs_f64());
+        f.stop();
+    }
+    let delivered = median(deliver_runs);
+    rows.push(row(
+        "deliver",
+        format!("delivered to a hyper server, {conc} in flight"),
+        rate(delivered),
+        format!("plain hyper-util pool {}", rate(ceiling)),
+        format!("{:.2}×", delivered / ceiling),
+        format!("≥ 0.8× ceiling: {}", met(delivered >= 0.8 * ceiling)),
+    ));
+    if let Some(w) = wrk(&sink.url("/wrk"), conc, o.smoke) {
+        rows.push(row(
+            "deliver",
+            format!("wrk on the same server, {conc} connections"),
+            rate(delivered),
+            format!("wrk {}", rate(w)),
+            format!("{:.2}×", delivered / w),
+            "",
+        ));
+    }
+
+    // 4. The recipes ffd replaces.
+    eprintln!("4. recipes, {} requests each", sizes.recipe_n);
+    let f = start_ffd(&o, "recipes", &dcfg, &[], None);
+    let mut recipe_rows = recipes(&o, &sink, &f, sizes.recipe_n);
+    f.stop();
+    let fastest_python = recipe_rows
+        .iter()
+        .filter(|r| r.0.starts_with("python") || r.0.starts_with("bash"))
+        .map(|r| sizes.recipe_n as f64 / r.3)
+        .fold(0.0, f64::max);
+    let min_blocked_peer = recipe_rows
+        .iter()
+        .filter(|r| !r.0.starts_with("ffd"))
+        .map(|r| r.1)
+        .fold(f64::INFINITY, f64::min);
+    for (name, p50, p99, total) in recipe_rows.drain(..) {
+        let is_ffd = name.starts_with("ffd");
+        let goal = if is_ffd {
+            format!(
+                "blocked p50 < every recipe's ({}): {}",
+                us(min_blocked_peer),
+                met(p50 < min_blocked_peer)
+            )
+        } else {
+            String::new()
+        };
+        rows.push(row(
+            "recipes",
+            name,
+            format!("{} / {}", us(p50), us(p99)),
+            secs(total),
+            format!("{}", rate(sizes.recipe_n as f64 / total)),
+            goal,
+        ));
+    }
+    rows.push(row(
+        "recipes",
+        "ffd delivered rate vs fastest Python/bash recipe",
+        rate(delivered),
+        rate(fastest_python),
+        format!("{:.1}×", delivered / fastest_python),
+        format!("≥ 10×: {}", met(delivered >= 10.0 * fastest_python)),
+    ));
+
+    // 5. Slow server.
+    eprintln!("5. slow server (200 ms per response)");
+    let f = start_ffd(
+        &o,
+        "slow",
+        "[delivery]\nmax_in_flight = 512\nmax_in_flight_per_host = 256\n",
+        &[],
+        None,
+    );
+    let base = sink.count();
+    let t = Instant::now();
+    let mut c = ffclient::Client::connect(&f.socket).unwrap();
+    let mut p = c.pipeline();
+    let url = sink.url("/slow");
+    for _ in 0..sizes.slow_n {
+        p.send_line(&send_line(&url, "")).unwrap();
+    }
+    p.finish().unwrap();
+    let handed = t.elapsed();
+    let all = sink
+        .wait_until(base + sizes.slow_n as u64, t, Duration::from_secs(600))
+        .expect("slow delivered");
+    rows.push(row(
+        "slow",
+        format!("hand over {} requests (pipelined)", sizes.slow_n),
+        secs(handed.as_secs_f64()),
+        "",
+        "",
+        "",
+    ));
+    rows.push(row(
+        "slow",
+        format!("all {} delivered, 256 in flight", sizes.slow_n),
+        secs(all.as_secs_f64()),
+        format!(
+            "ideal {} (n × 0.2 s / 256)",
+            secs(sizes.slow_n as f64 * 0.2 / 256.0)
+        ),
+        format!(
+            "{:.2}×",
+            all.as_secs_f64() / (sizes.slow_n as f64 * 0.2 / 256.0)
+        ),
+        "",
+    ));
+    f.stop();
+
+    // 6. Memory and disk.
+    eprintln!("6. memory and disk");
+    let f = start_ffd(&o, "idle", "", &[], None);
+    let _ = ffclient::Client::connect(&f.socket).unwrap().ping();
+    std::thread::sleep(Duration::from_millis(300));
+    let (idle, _) = f.rss_kib();
+    rows.push(row(
+        "memory",
+        "idle RSS",
+        format!("{:.1} MiB", idle as f64 / 1024.0),
+        "",
+        "",
+        format!("≤ 10 MiB: {}", met(idle <= 10 * 1024)),
+    ));
+    f.stop();
+    let dir = o.dir.join("backlog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = "[spool]\nmax_bytes = 8589934592\n";
+    let f = start_ffd_in(&o, &dir, cfg, &[], None);
+    let down = send_line("http://127.0.0.1:1/down", "");
+    let t = Instant::now();
+    ingest(&f.socket, &down, sizes.backlog_n, 4);
+    let ingest_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss, hwm) = f.rss_kib();
+    let spool_bytes = dir_bytes(&dir.join("spool"));
+    let n = sizes.backlog_n;
+    rows.push(row(
+        "memory",
+        format!("{n} pending (server down): RSS / peak"),
+        format!(
+            "{:.0} / {:.0} MiB",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+        format!("ingested in {}", secs(ingest_s)),
+        "",
+        if n >= 1_000_000 {
+            format!("≤ 100 MiB: {}", met(rss <= 100 * 1024))
+        } else {
+            String::new()
+        },
+    ));
+    rows.push(row(
+        "memory",
+        format!("{n} pending: spool on disk"),
+        format!("{:.0} MiB", spool_bytes as f64 / 1048576.0),
+        format!("{:.0} B/request", spool_bytes as f64 / n as f64),
+        "",
+        "",
+    ));
+    f.stop();
+    let t = Instant::now();
+    let f = start_ffd_in(&o, &dir, cfg, &[], None);
+    let mut c = ffclient::Client::connect(&f.socket).unwrap();
+    c.send(&ffclient::Request::get(&sink.url("/after-restart")))
+        .unwrap();
+    let first_ack = t.elapsed();
+    let replayed = wait_log(&f, "spool replayed", Duration::from_secs(300));
+    let (rss2, hwm2) = f.rss_kib();
+    rows.push(row(
+        "memory",
+        format!("restart with {n} pending: first ACK after spawn"),
+        secs(first_ack.as_secs_f64()),
+        format!("ready after {}", secs(f.ready.as_secs_f64())),
+        "",
+        format!("≤ 2 s: {}", met(first_ack <= Duration::from_secs(2))),
+    ));
+    rows.push(row(
+        "memory",
+        format!("restart with {n} pending: replay done / RSS after"),
+        format!(
+            "{} / {:.0} MiB",
+            replayed
+                .map(|d| secs(d.as_secs_f64()))
+                .unwrap_or("-".into()),
+            rss2 as f64 / 1024.0
+        ),
+        format!("peak {:.0} MiB", hwm2 as f64 / 1024.0),
+        "",
+        "",
+    ));
+    f.stop();
+    let _ = cpus;
+
+    write_results(&o, &sizes, &rows);
+    let _ = std::fs::remove_dir_all(&o.dir);
+}
+
+fn wait_log(f: &Ffd, needle: &str, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if let Some(line) = f.logs.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            // The log line carries the replay's own duration.
+            let ms = line
+                .split("ms=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok());
+            return ms.map(Duration::from_millis).or(Some(t.elapsed()));
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The ceiling: a plain hyper-util pooled client, `conc` tasks, same body.
+fn plain_hyper(sink: &Sink, n: usize, conc: usize) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url: hyper::Uri = sink.url("/plain").parse().unwrap();
+    let base = sink.count();
+    let t = Instant::now();
+    rt.block_on(async {
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(conc)
+                .build_http();
+        let body = Bytes::from("b".repeat(120));
+        let tasks: Vec<_> = (0..conc)
+            .map(|_| {
+                let (client, url, body) = (client.clone(), url.clone(), body.clone());
+                tokio::spawn(async move {
+                    for _ in 0..n / conc {
+                        let req = hyper::Request::post(url.clone())
+                            .header("x-bench", "1")
+                            .body(Full::new(body.clone()))
+                            .unwrap();
+                        let resp = client.request(req).await.unwrap();
+                        let _ = resp.into_body().collect().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let done = sink.count() - base;
+    done as f64 / t.elapsed().as_secs_f64()
+}
+
+fn wrk(url: &str, conc: usize, smoke: bool) -> Option<f64> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conc}"),
+            if smoke { "-d1s" } else { "-d5s" },
+            url,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
+
+/// (name, blocked p50 µs, blocked p99 µs, seconds until all delivered)
+fn recipes(o: &Opts, sink: &Sink, f: &Ffd, n: usize) -> Vec<(String, f64, f64, f64)> {
+    let mut out = Vec::new();
+    // ffd through the Rust library: one round trip per request.
+    let url = sink.url("/recipe/ffd-lib");
+    let base = sink.count();
+    let t = Instant::now();
+    let mut c = ffclient::Client::connect(&f.socket).unwrap();
+    let mut lat = Vec::new();
+    for _ in 0..n {
+        let s = Instant::now();
+        c.send(&ffclient::Request::post(&url).body("b".repeat(120)))
+            .unwrap();
+        lat.push(s.elapsed().as_secs_f64() * 1e6);
+    }
+    let total = sink
+        .wait_until(base + n as u64, t, Duration::from_secs(120))
+        .unwrap();
+    out.push((
+        "ffd, Rust library, send (waits for ACK)".into(),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        total.as_secs_f64(),
+    ));
+    // ffd through the Rust library, pipelined.
+    let base = sink.count();
+    let t = Instant::now();
+    let mut lat = Vec::new();
+    let mut p = c.pipeline();
+    for _ in 0..n {
+        let s = Instant::now();
+        p.send(&ffclient::Request::post(&url).body("b".repeat(120)))
+            .unwrap();
+        lat.push(s.elapsed().as_secs_f64() * 1e6);
+    }
+    let report = p.finish().unwrap();
+    assert!(report.rejected.is_empty());
+    let total = sink
+        .wait_until(base + n as u64, t, Duration::from_secs(120))
+        .unwrap();
+    out.push((
+        "ffd, Rust library, pipeline".into(),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        total.as_secs_f64(),
+    ));
+    // ffd through the ffclient process.
+    let base = sink.count();
+    let t = Instant::now();
+    let mut lat = Vec::new();
+    let url = sink.url("/recipe/ffclient");
+    for _ in 0..n.min(500) {
+        let s = Instant::now();
+        let st = Command::new(&o.ffclient)
+            .arg("--socket")
+            .arg(&f.socket)
+            .args(["send", &url, "--data-binary", &"b".repeat(120)])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        lat.push(s.elapsed().as_secs_f64() * 1e6);
+    }
+    let m = n.min(500);
+    let total = sink
+        .wait_until(base + m as u64, t, Duration::from_secs(120))
+        .unwrap();
+    out.push((
+        format!("ffd, ffclient process per request ({m})"),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        total.as_secs_f64() * n as f64 / m as f64,
+    ));
+    // The Python and bash recipes, run by bench/recipes.py.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes.py");
+    let res = Command::new("python3")
+        .arg(&script)
+        .arg(sink.url("/recipe"))
+        .arg(n.to_string())
+        .env("FFD_SOCKET", &f.socket)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("python3");
+    for line in String::from_utf8_lossy(&res.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        out.push((
+            v["name"].as_str().unwrap_or("?").to_string(),
+            v["p50_us"].as_f64().unwrap_or(f64::NAN),
+            v["p99_us"].as_f64().unwrap_or(f64::NAN),
+            v["total_s"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}, Linux {kernel}")
+}
+
+fn write_results(o: &Opts, sizes: &Sizes, rows: &[Row]) {
+    let mut s = String::new();
+    s.push_str("# ffd benchmark results\n\n");
+    s.push_str(&format!(
+        "Machine: {}. Run: `bench/run{}`{}; each figure is the median of {} run(s).\n\n",
+        machine(),
+        if o.smoke { " --smoke" } else { "" },
+        if o.smoke {
+            " (smoke sizes: a check that the bench works, not figures to quote)"
+        } else {
+            ""
+        },
+        sizes.repeat
+    ));
+    let sections = [
+        ("ack", "1. ACK round trip on one connection", "Client, ffd and the floor server pinned to CPU 0 (`taskset`). Requests carry `delay_ms` so that only the ACK path runs. Floor: a bare Unix-socket server that parses the same line as JSON and answers one line.", ["what", "ffd", "limit", "ratio (p50 / p99)", "goal"]),
+        ("ingest", "2. Ingest rate, pipelined", "Lines of ~200 bytes written without waiting, all answers read. Floor: the same bare parse-and-answer server.", ["what", "ffd", "limit", "ratio", "goal"]),
+        ("deliver", "3. Delivered requests per second", "To a minimal hyper HTTP/1.1 server on 127.0.0.1, from the first line written to the last request received.", ["what", "ffd", "ceiling", "ratio", "goal"]),
+        ("recipes", "4. Against the recipes ffd replaces", "Each sends the same requests to the same server. Caller blocked: the time one `send` (or `submit`, `create_task`, `&`) keeps the caller. Total: until all were delivered.", ["recipe", "caller blocked p50 / p99", "all delivered", "rate", "goal"]),
+        ("slow", "5. A slow server (200 ms per response)", "", ["what", "ffd", "reference", "ratio", "goal"]),
+        ("memory", "6. Memory and disk", "Backlog: requests to a closed port (server down), so all stay pending.", ["what", "ffd", "context", "", "goal"]),
+    ];
+    for (key, title, note, head) in sections {
+        s.push_str(&format!("## {title}\n\n"));
+        if !note.is_empty() {
+            s.push_str(&format!("{note}\n\n"));
+        }
+        s.push_str(&format!(
+            "| {} |\n|{}\n",
+            head.join(" | "),
+            " --- |".repeat(head.len())
+        ));
+        for r in rows.iter().filter(|r| r.section == key) {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.what, r.ffd, r.peer, r.ratio, r.goal
+            ));
+        }
+        s.push('\n');
+    }
+    if let Some(parent) = o.out.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&o.out, s).unwrap();
+    eprintln!("wrote {}", o.out.display());
+}
