@@ -330,7 +330,7 @@ fn ingest(socket: &Path, line: &str, n: usize, conns: usize) -> f64 {
                     let mut left = per;
                     while left > 0 {
                         let k = left.min(256);
-                        w.write_all(chunk[..line.len() * k].as_bytes()).unwrap();
+                        w.write_all(&chunk.as_bytes()[..line.len() * k]).unwrap();
                         left -= k;
                     }
                 });
@@ -657,7 +657,7 @@ fn main() {
             name,
             format!("{} / {}", us(p50), us(p99)),
             secs(total),
-            format!("{}", rate(sizes.recipe_n as f64 / total)),
+            rate(sizes.recipe_n as f64 / total),
             goal,
         ));
     }
