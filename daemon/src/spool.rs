@@ -7,11 +7,11 @@
 //! writing) or an `OUTCOME` (id, new state). Replay reads segments in order
 //! and the last record of an id wins.
 //!
-//! One writer thread owns the files. Everything that changes the spool is a
-//! message on one channel, so the order of records is the order in which the
-//! scheduler changed its state (it sends while holding its lock). The writer
-//! drains the channel before each write: many requests, one `write` (and one
-//! `fdatasync` in `always` mode) — group commit.
+//! Every record goes through one buffer under one mutex, so the order of
+//! records is the order in which the scheduler changed its state (it calls
+//! in while holding its lock). Appends write at once on the caller's thread,
+//! taking along whatever else is buffered: many requests, one `write` (and
+//! one `fdatasync` in `always` mode) — group commit.
 //!
 //! Disk use follows the backlog: a segment is deleted when every job whose
 //! latest record lives in it is finished, oldest segment first (an outcome
@@ -29,12 +29,13 @@ use ffd_proto::ErrorCode;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
+use std::io::Seek;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use tokio::sync::oneshot;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 const MAGIC: &[u8; 8] = b"FFDSPOOL";
@@ -207,43 +208,6 @@ impl Outcome {
     }
 }
 
-enum Msg {
-    Append(Vec<Arc<Job>>, oneshot::Sender<Result<(), SpoolError>>),
-    /// A job re-appended with its current state (replay of a dead letter, compaction).
-    Rewrite(Arc<Job>, Outcome),
-    Outcome(Arc<str>, Outcome),
-    /// Replay finished: which old segment holds the latest record of each live id.
-    Loaded(HashMap<Arc<str>, u64>, HashMap<u64, u64>),
-    /// Delete the segment if nothing live is left in it (after compaction).
-    Retire(u64),
-    /// Sync and stop.
-    Close(oneshot::Sender<()>),
-}
-
-#[derive(Default)]
-struct Shared {
-    /// Segment number → bytes and count of live jobs whose latest record is in it.
-    segments: BTreeMap<u64, SegInfo>,
-}
-
-#[derive(Default, Clone, Copy)]
-struct SegInfo {
-    bytes: u64,
-    live: u64,
-    records: u64,
-}
-
-/// Handle to the spool, shared by the scheduler.
-pub struct Spool {
-    dir: PathBuf,
-    fsync: FsyncMode,
-    tx: Mutex<mpsc::Sender<Msg>>,
-    bytes: Arc<AtomicU64>,
-    shared: Arc<Mutex<Shared>>,
-    first_new_segment: u64,
-    damage: Arc<AtomicU64>,
-}
-
 /// What replay found: jobs still to deliver or kept as dead letters, and damage.
 pub struct Replay {
     /// Live jobs with their last recorded state, in acceptance order.
@@ -300,9 +264,66 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Bytes of buffered outcome records past which the caller writes them itself.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// How long the flusher lets outcome records gather before writing them.
+const FLUSH_DELAY: Duration = Duration::from_millis(2);
+
+#[derive(Default, Clone, Copy)]
+struct SegInfo {
+    bytes: u64,
+    /// Live jobs whose latest record is in this segment.
+    live: u64,
+    records: u64,
+}
+
+/// Everything about the files, behind one mutex.
+struct Inner {
+    current: u64,
+    file: Arc<File>,
+    len: u64,
+    /// Encoded records not yet written (outcomes wait here for the flusher
+    /// or the next append; appends write at once).
+    buf: Vec<u8>,
+    /// Count updates for the records in `buf`: (id, is a JOB record, finishes the job).
+    counts: Vec<(Arc<str>, bool, bool)>,
+    /// id → segment of its latest JOB record, for live jobs.
+    latest: HashMap<Arc<str>, u64>,
+    segments: BTreeMap<u64, SegInfo>,
+    /// Replay has said which old jobs are live; only then may old segments go.
+    loaded: bool,
+    /// Count of writes so far; `always` mode syncs up to one of these.
+    written: u64,
+    /// Segments the compactor asked to delete once free.
+    retire: Vec<u64>,
+    closed: bool,
+}
+
+/// Handle to the spool, shared by the scheduler.
+///
+/// Appends write on the caller's thread under the mutex (no thread hop on
+/// the ACK path); all records queued since the last write go out in the same
+/// `write` — group commit across connections. In `always` mode the caller
+/// then waits for an fdatasync that covers its write; one sync serves every
+/// writer that arrived while it ran. Outcome records are buffered and written
+/// by a flusher thread within a few milliseconds (or by the next append),
+/// which also deletes finished segments.
+pub struct Spool {
+    dir: PathBuf,
+    fsync: FsyncMode,
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+    /// Writes known to be on stable storage (`always` mode).
+    synced: Mutex<u64>,
+    wake: Condvar,
+    bytes: AtomicU64,
+    first_new_segment: u64,
+    damage: AtomicU64,
+}
+
 impl Spool {
     /// Opens (creating) the spool directory, starts a new segment after the
-    /// existing ones and the writer thread. Old segments are read by [`Spool::replay`].
+    /// existing ones and the flusher thread. Old segments are read by [`Spool::replay_old`].
     pub fn open(dir: &Path, fsync: FsyncMode, segment_bytes: u64) -> anyhow::Result<Arc<Spool>> {
         use anyhow::Context;
         std::fs::create_dir_all(dir)
@@ -312,14 +333,14 @@ impl Spool {
         )?;
         let existing = list_segments(dir)
             .with_context(|| format!("cannot list spool directory {}", dir.display()))?;
-        let mut shared = Shared::default();
+        let mut segments = BTreeMap::new();
         let mut total = 0;
         for n in &existing {
             let bytes = std::fs::metadata(seg_path(dir, *n))
                 .map(|m| m.len())
                 .unwrap_or(0);
             total += bytes;
-            shared.segments.insert(
+            segments.insert(
                 *n,
                 SegInfo {
                     bytes,
@@ -331,7 +352,7 @@ impl Spool {
         let first_new = existing.last().map(|n| n + 1).unwrap_or(1);
         let (file, len) = create_segment(dir, first_new, fsync)
             .with_context(|| format!("cannot create a segment in {}", dir.display()))?;
-        shared.segments.insert(
+        segments.insert(
             first_new,
             SegInfo {
                 bytes: len,
@@ -340,43 +361,39 @@ impl Spool {
             },
         );
         total += len;
-        let bytes = Arc::new(AtomicU64::new(total));
-        let shared = Arc::new(Mutex::new(shared));
-        let (tx, rx) = mpsc::channel();
-        let writer = Writer {
+        let spool = Arc::new(Spool {
             dir: dir.to_path_buf(),
             fsync,
             segment_bytes,
-            current: first_new,
-            file,
-            len,
-            latest: HashMap::new(),
-            loaded: false,
-            bytes: bytes.clone(),
-            shared: shared.clone(),
-            buf: Vec::with_capacity(1 << 16),
-        };
+            inner: Mutex::new(Inner {
+                current: first_new,
+                file: Arc::new(file),
+                len,
+                buf: Vec::with_capacity(1 << 16),
+                counts: Vec::new(),
+                latest: HashMap::new(),
+                segments,
+                loaded: false,
+                written: 0,
+                retire: Vec::new(),
+                closed: false,
+            }),
+            synced: Mutex::new(0),
+            wake: Condvar::new(),
+            bytes: AtomicU64::new(total),
+            first_new_segment: first_new,
+            damage: AtomicU64::new(0),
+        });
+        let s = spool.clone();
         std::thread::Builder::new()
             .name("ffd-spool".into())
-            .spawn(move || writer.run(rx))
-            .context("cannot start the spool writer thread")?;
-        Ok(Arc::new(Spool {
-            dir: dir.to_path_buf(),
-            fsync,
-            tx: Mutex::new(tx),
-            bytes,
-            shared,
-            first_new_segment: first_new,
-            damage: Arc::new(AtomicU64::new(0)),
-        }))
+            .spawn(move || s.flusher())
+            .context("cannot start the spool flusher thread")?;
+        Ok(spool)
     }
 
-    fn send(&self, msg: Msg) -> bool {
-        self.tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(msg)
-            .is_ok()
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes of all segment files.
@@ -385,47 +402,241 @@ impl Spool {
     }
 
     /// Appends new jobs; returns once written (and synced in `always` mode).
-    pub async fn append(&self, jobs: Vec<Arc<Job>>) -> Result<(), SpoolError> {
-        let (tx, rx) = oneshot::channel();
-        if !self.send(Msg::Append(jobs, tx)) {
-            return Err(SpoolError::Closed);
+    pub async fn append(self: &Arc<Self>, jobs: Vec<Arc<Job>>) -> Result<(), SpoolError> {
+        let seq = {
+            let mut inner = self.lock();
+            if inner.closed {
+                return Err(SpoolError::Closed);
+            }
+            let mark = (inner.buf.len(), inner.counts.len());
+            for job in &jobs {
+                encode_job(&mut inner.buf, job, &Outcome::new_job(job));
+                inner.counts.push((job.id.clone(), true, false));
+            }
+            if let Err(e) = self.write_out(&mut inner) {
+                // Nothing of this batch was written: take its records back out
+                // so a later write cannot make an unacknowledged job live.
+                inner.buf.truncate(mark.0);
+                inner.counts.truncate(mark.1);
+                return Err(SpoolError::Io(e));
+            }
+            inner.written
+        };
+        if self.fsync == FsyncMode::Always {
+            let me = self.clone();
+            return tokio::task::spawn_blocking(move || me.sync_to(seq))
+                .await
+                .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())));
         }
-        rx.await.unwrap_or(Err(SpoolError::Closed))
+        Ok(())
+    }
+
+    /// Blocks until write number `seq` is on stable storage.
+    fn sync_to(&self, seq: u64) -> Result<(), SpoolError> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= seq {
+            return Ok(()); // another writer's sync covered this one
+        }
+        let (file, upto) = {
+            let inner = self.lock();
+            (inner.file.clone(), inner.written)
+        };
+        // Older segments were synced when they were closed (`roll`).
+        file.sync_data()
+            .map_err(|e| SpoolError::Io(e.to_string()))?;
+        *synced = upto;
+        Ok(())
     }
 
     /// Records a state change. Not awaited: losing the last outcomes in a
     /// crash means a retry or a duplicate delivery, never a lost request.
     pub fn record(&self, id: &Arc<str>, outcome: Outcome) {
-        self.send(Msg::Outcome(id.clone(), outcome));
+        let mut inner = self.lock();
+        encode_outcome(&mut inner.buf, id, &outcome);
+        inner
+            .counts
+            .push((id.clone(), false, outcome.kind.finished()));
+        self.after_buffered(inner);
     }
 
     /// Records a dead letter put back in the queue with new times.
     pub fn replay(&self, job: Arc<Job>) {
         let o = Outcome::new_job(&job);
-        self.send(Msg::Rewrite(job, o));
+        self.rewrite(job, o);
     }
 
-    /// Re-appends a live job with its current state (compaction).
+    /// Re-appends a live job with its current state (compaction, replay).
     pub fn rewrite(&self, job: Arc<Job>, state: Outcome) {
-        self.send(Msg::Rewrite(job, state));
+        let mut inner = self.lock();
+        encode_job(&mut inner.buf, &job, &state);
+        inner.counts.push((job.id.clone(), true, false));
+        self.after_buffered(inner);
     }
 
-    /// Asks the writer to delete segment `n` once nothing live is left in it.
+    fn after_buffered(&self, mut inner: MutexGuard<'_, Inner>) {
+        if inner.buf.len() >= FLUSH_BYTES {
+            let _ = self.write_out(&mut inner);
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Asks for segment `n` to be deleted once nothing live is left in it.
     pub fn retire(&self, n: u64) {
-        self.send(Msg::Retire(n));
+        self.lock().retire.push(n);
+        self.wake.notify_one();
     }
 
-    /// Syncs and stops the writer; later appends fail with `Closed`.
+    /// Writes what is buffered, syncs and stops; later appends fail with `Closed`.
     pub async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Msg::Close(tx)) {
-            let _ = rx.await;
+        let mut inner = self.lock();
+        let _ = self.write_out(&mut inner);
+        let _ = inner.file.sync_all();
+        inner.closed = true;
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Writes `buf` to the current segment and applies its count updates;
+    /// starts a new segment when the current one is full.
+    fn write_out(&self, inner: &mut Inner) -> Result<(), String> {
+        if inner.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&*inner.file).write_all(&inner.buf) {
+            // A short write may have left part of a record: cut the file
+            // back so the next record starts at a record boundary.
+            let _ = inner.file.set_len(inner.len);
+            let _ = (&*inner.file).seek(std::io::SeekFrom::Start(inner.len));
+            error!(error = %e, "spool write failed");
+            return Err(e.to_string());
+        }
+        let n = inner.buf.len() as u64;
+        inner.buf.clear();
+        inner.len += n;
+        inner.written += 1;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        let current = inner.current;
+        let counts = std::mem::take(&mut inner.counts);
+        for (id, is_job, finished) in &counts {
+            if *is_job {
+                if let Some(old) = inner.latest.insert(id.clone(), current) {
+                    if let Some(i) = inner.segments.get_mut(&old) {
+                        i.live = i.live.saturating_sub(1);
+                    }
+                }
+                let i = inner.segments.entry(current).or_default();
+                i.live += 1;
+                i.records += 1;
+            } else {
+                if let Some(i) = inner.segments.get_mut(&current) {
+                    i.records += 1;
+                }
+                if *finished {
+                    if let Some(seg) = inner.latest.remove(id) {
+                        if let Some(i) = inner.segments.get_mut(&seg) {
+                            i.live = i.live.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        }
+        inner.counts = counts;
+        inner.counts.clear();
+        let len = inner.len;
+        if let Some(i) = inner.segments.get_mut(&current) {
+            i.bytes = len;
+        }
+        if inner.len >= self.segment_bytes {
+            if let Err(e) = self.roll(inner) {
+                error!(error = %e, "cannot start a new spool segment; writing on in the current one");
+            }
+        }
+        Ok(())
+    }
+
+    fn roll(&self, inner: &mut Inner) -> std::io::Result<()> {
+        if self.fsync == FsyncMode::Always {
+            inner.file.sync_all()?;
+        }
+        let next = inner.current + 1;
+        let (file, len) = create_segment(&self.dir, next, self.fsync)?;
+        inner.file = Arc::new(file);
+        inner.current = next;
+        inner.len = len;
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        inner.segments.insert(
+            next,
+            SegInfo {
+                bytes: len,
+                live: 0,
+                records: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// The flusher thread: writes buffered outcomes, deletes finished segments.
+    fn flusher(self: Arc<Self>) {
+        let mut inner = self.lock();
+        loop {
+            if inner.closed {
+                return;
+            }
+            if inner.buf.is_empty() && inner.retire.is_empty() {
+                inner = self
+                    .wake
+                    .wait_timeout(inner, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                continue;
+            }
+            // Let outcomes gather, so one write carries many.
+            drop(inner);
+            std::thread::sleep(FLUSH_DELAY);
+            inner = self.lock();
+            let _ = self.write_out(&mut inner);
+            inner.retire.clear();
+            self.remove_finished(&mut inner);
+        }
+    }
+
+    /// Deletes the oldest segments that hold nothing live, in order.
+    fn remove_finished(&self, inner: &mut Inner) {
+        if !inner.loaded {
+            return;
+        }
+        while let Some((&n, &info)) = inner.segments.iter().next() {
+            if n == inner.current || info.live > 0 {
+                return;
+            }
+            // The records that made it free (outcomes, copies) must be on
+            // disk before the file goes, or a power loss could bring back a
+            // state in which the job is live and its record is gone.
+            if self.fsync == FsyncMode::Always {
+                let _ = inner.file.sync_data();
+            }
+            let path = seg_path(&self.dir, n);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(segment = %path.display(), error = %e, "cannot remove finished spool segment");
+                    return;
+                }
+            }
+            if self.fsync == FsyncMode::Always {
+                sync_dir(&self.dir);
+            }
+            self.bytes.fetch_sub(info.bytes, Ordering::Relaxed);
+            inner.segments.remove(&n);
+            info!(segment = %path.display(), "spool segment finished; removed");
         }
     }
 
     /// Reads the segments that existed at open, in order, and returns the
     /// live jobs. Torn tails are cut off; corrupt records are skipped and
-    /// counted. Runs on a blocking thread; the writer keeps serving meanwhile.
+    /// counted. Runs on a blocking thread; appends go on meanwhile.
     pub fn replay_old(&self) -> Replay {
         let segs: Vec<u64> = list_segments(&self.dir)
             .unwrap_or_default()
@@ -440,17 +651,31 @@ impl Spool {
         let report = scan.report.clone();
         self.damage
             .fetch_add(report.corrupt_records, Ordering::Relaxed);
-        let mut latest = HashMap::new();
         let mut jobs: Vec<(u64, Arc<Job>, Outcome, u64)> = scan
             .live
             .into_values()
             .map(|(job, o, seg, order)| (order, job, o, seg))
             .collect();
         jobs.sort_unstable_by_key(|(order, ..)| *order);
-        for (_, job, _, seg) in &jobs {
-            latest.insert(job.id.clone(), *seg);
+        {
+            let mut inner = self.lock();
+            for (n, info) in inner.segments.iter_mut() {
+                if let Some(r) = scan.seg_records.get(n) {
+                    info.records = *r;
+                }
+            }
+            for (_, job, _, seg) in &jobs {
+                // A newer record (a send with the same id since start) wins.
+                if !inner.latest.contains_key(&job.id) {
+                    inner.latest.insert(job.id.clone(), *seg);
+                    let i = inner.segments.entry(*seg).or_default();
+                    i.live += 1;
+                    i.records = i.records.max(i.live);
+                }
+            }
+            inner.loaded = true;
         }
-        self.send(Msg::Loaded(latest, scan.seg_records));
+        self.wake.notify_one();
         Replay {
             jobs: jobs.into_iter().map(|(_, j, o, _)| (j, o)).collect(),
             report,
@@ -461,11 +686,11 @@ impl Spool {
     /// quarter of its records are live jobs, so re-appending them frees the
     /// whole file.
     pub fn compaction_candidate(&self) -> Option<u64> {
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.segments.len() < 2 {
+        let inner = self.lock();
+        if inner.segments.len() < 2 || !inner.loaded {
             return None;
         }
-        let (n, info) = shared.segments.iter().next()?;
+        let (n, info) = inner.segments.iter().next()?;
         (info.live > 0 && info.live * 4 <= info.records).then_some(*n)
     }
 
@@ -478,13 +703,13 @@ impl Spool {
 
     /// The `spool` part of `stats`.
     pub fn stats(&self) -> serde_json::Value {
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let segments = self.lock().segments.len();
         serde_json::json!({
             "mode": "disk",
             "dir": self.dir.display().to_string(),
             "fsync": match self.fsync { FsyncMode::Never => "never", FsyncMode::Always => "always" },
             "bytes": self.bytes(),
-            "segments": shared.segments.len(),
+            "segments": segments,
             "corrupt_records": self.damage.load(Ordering::Relaxed),
         })
     }
@@ -506,226 +731,6 @@ fn create_segment(dir: &Path, n: u64, fsync: FsyncMode) -> std::io::Result<(File
         sync_dir(dir);
     }
     Ok((f, HEADER_LEN))
-}
-
-struct Writer {
-    dir: PathBuf,
-    fsync: FsyncMode,
-    segment_bytes: u64,
-    current: u64,
-    file: File,
-    len: u64,
-    /// id → segment of its latest JOB record, for live jobs.
-    latest: HashMap<Arc<str>, u64>,
-    loaded: bool,
-    bytes: Arc<AtomicU64>,
-    shared: Arc<Mutex<Shared>>,
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let mut replies: Vec<oneshot::Sender<Result<(), SpoolError>>> = Vec::new();
-        let mut retire: Vec<u64> = Vec::new();
-        while let Ok(first) = rx.recv() {
-            let mut close = None;
-            let mut msg = Some(first);
-            self.buf.clear();
-            let mut counts: Vec<(Arc<str>, bool)> = Vec::new(); // (id, job record?) in order
-            let mut finished: Vec<Arc<str>> = Vec::new();
-            while let Some(m) = msg.take() {
-                match m {
-                    Msg::Append(jobs, reply) => {
-                        for job in jobs {
-                            let o = Outcome::new_job(&job);
-                            encode_job(&mut self.buf, &job, &o);
-                            counts.push((job.id.clone(), true));
-                        }
-                        replies.push(reply);
-                    }
-                    Msg::Rewrite(job, o) => {
-                        encode_job(&mut self.buf, &job, &o);
-                        counts.push((job.id.clone(), true));
-                    }
-                    Msg::Outcome(id, o) => {
-                        encode_outcome(&mut self.buf, &id, &o);
-                        counts.push((id.clone(), false));
-                        if o.kind.finished() {
-                            finished.push(id);
-                        }
-                    }
-                    Msg::Loaded(map, records) => {
-                        for (id, seg) in map {
-                            self.latest.entry(id).or_insert(seg);
-                        }
-                        self.loaded = true;
-                        self.recount(records);
-                    }
-                    Msg::Retire(n) => retire.push(n),
-                    Msg::Close(tx) => close = Some(tx),
-                }
-                if close.is_none() && self.buf.len() < (4 << 20) {
-                    msg = rx.try_recv().ok();
-                }
-            }
-            let result = self.write_out();
-            {
-                let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-                for (id, is_job) in counts {
-                    if is_job {
-                        if let Some(old) = self.latest.insert(id, self.current) {
-                            if let Some(i) = shared.segments.get_mut(&old) {
-                                i.live = i.live.saturating_sub(1);
-                            }
-                        }
-                        let i = shared.segments.entry(self.current).or_default();
-                        i.live += 1;
-                        i.records += 1;
-                    } else if let Some(i) = shared.segments.get_mut(&self.current) {
-                        i.records += 1;
-                    }
-                }
-                for id in finished {
-                    if let Some(seg) = self.latest.remove(&id) {
-                        if let Some(i) = shared.segments.get_mut(&seg) {
-                            i.live = i.live.saturating_sub(1);
-                        }
-                    }
-                }
-                if let Some(i) = shared.segments.get_mut(&self.current) {
-                    i.bytes = self.len;
-                }
-            }
-            for r in replies.drain(..) {
-                let _ = r.send(result.clone().map_err(SpoolError::Io));
-            }
-            if result.is_ok() && self.len >= self.segment_bytes {
-                if let Err(e) = self.roll() {
-                    error!(error = %e, "cannot start a new spool segment; writing on in the current one");
-                }
-            }
-            self.remove_finished(&mut retire);
-            if let Some(tx) = close {
-                let _ = self.file.sync_all();
-                let _ = tx.send(());
-                return;
-            }
-        }
-    }
-
-    fn write_out(&mut self) -> Result<(), String> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let r = self.file.write_all(&self.buf).and_then(|_| {
-            if self.fsync == FsyncMode::Always {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        match r {
-            Ok(()) => {
-                self.len += self.buf.len() as u64;
-                self.bytes
-                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                // A short write may have left part of a record: cut the file
-                // back so the next record starts at a record boundary.
-                let _ = self.file.set_len(self.len);
-                use std::io::Seek;
-                let _ = self.file.seek(std::io::SeekFrom::Start(self.len));
-                error!(error = %e, "spool write failed");
-                Err(e.to_string())
-            }
-        }
-    }
-
-    fn roll(&mut self) -> std::io::Result<()> {
-        if self.fsync == FsyncMode::Always {
-            self.file.sync_all()?;
-        }
-        let next = self.current + 1;
-        let (file, len) = create_segment(&self.dir, next, self.fsync)?;
-        self.file = file;
-        self.current = next;
-        self.len = len;
-        self.bytes.fetch_add(len, Ordering::Relaxed);
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        shared.segments.insert(
-            next,
-            SegInfo {
-                bytes: len,
-                live: 0,
-                records: 0,
-            },
-        );
-        Ok(())
-    }
-
-    /// Live counts of old segments, once replay said which ids are live.
-    fn recount(&mut self, records: HashMap<u64, u64>) {
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        for (n, info) in shared.segments.iter_mut() {
-            info.live = 0;
-            if let Some(r) = records.get(n) {
-                info.records = *r;
-            }
-        }
-        for seg in self.latest.values() {
-            let i = shared.segments.entry(*seg).or_default();
-            i.live += 1;
-            i.records = i.records.max(i.live);
-        }
-    }
-
-    /// Deletes the oldest segments that hold nothing live, in order.
-    fn remove_finished(&mut self, retire: &mut Vec<u64>) {
-        if !self.loaded {
-            return;
-        }
-        retire.clear();
-        loop {
-            let (n, info) = {
-                let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-                match shared.segments.iter().next() {
-                    Some((n, i)) => (*n, *i),
-                    None => return,
-                }
-            };
-            if n == self.current || info.live > 0 {
-                return;
-            }
-            // The records that made it free (outcomes, copies) must be on
-            // disk before the file goes, or a power loss could bring back a
-            // state in which the job is live and its record is gone.
-            if self.fsync == FsyncMode::Always {
-                let _ = self.file.sync_data();
-            }
-            let path = seg_path(&self.dir, n);
-            let gone = match std::fs::remove_file(&path) {
-                Ok(()) => true,
-                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            };
-            match gone {
-                true => {
-                    if self.fsync == FsyncMode::Always {
-                        sync_dir(&self.dir);
-                    }
-                    self.bytes.fetch_sub(info.bytes, Ordering::Relaxed);
-                    let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-                    shared.segments.remove(&n);
-                    info!(segment = %path.display(), "spool segment finished; removed");
-                }
-                false => {
-                    warn!(segment = %path.display(), "cannot remove finished spool segment");
-                    return;
-                }
-            }
-        }
-    }
 }
 
 // ---- record encoding ------------------------------------------------------
