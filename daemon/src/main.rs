@@ -289,8 +289,8 @@ async fn serve(
             let r = &replay.report;
             let (pending, dead) = (r.pending, r.dead);
             let (corrupt, torn) = (r.corrupt_records, r.torn_bytes);
-            for (job, state) in replay.jobs {
-                engine.restore(job, state);
+            for (job, loc, state) in replay.jobs {
+                engine.restore(job, loc, state);
             }
             info!(
                 pending,

@@ -14,7 +14,7 @@ use crate::config::{Config, DeliveryConfig, WhenFull};
 use crate::deliver::{Attempt, Deliverer};
 use crate::job::{host_key, Job};
 use crate::retry::{Backoff, Verdict};
-use crate::spool::{Kind, Outcome, Spool};
+use crate::spool::{Kind, Loc, Outcome, Spool};
 use bytes::Bytes;
 use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
 use http::{HeaderName, HeaderValue, Method, Uri};
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -69,10 +69,21 @@ impl Phase {
     }
 }
 
+/// Where the full request is: in memory (memory mode, or until its spool
+/// write returned), on disk (its spool record: the body is not kept in
+/// memory), or gone (delivered).
+#[derive(Clone)]
+enum JobRef {
+    Mem(Arc<Job>),
+    Disk(Loc),
+    Gone,
+}
+
 struct Entry {
-    /// Dropped once delivered, so the body's memory is freed.
-    job: Option<Arc<Job>>,
+    job: JobRef,
     host: u32,
+    max_attempts: u32,
+    expires_ms: u64,
     phase: Phase,
     attempts: u32,
     next_ms: u64,
@@ -404,23 +415,27 @@ impl Engine {
                 }
             }
         }
+        let mut locs: Vec<Loc> = Vec::new();
         if let Some(spool) = &self.spool {
             if !fresh.is_empty() {
                 let batch: Vec<Arc<Job>> = fresh.iter().map(|(_, j, _)| j.clone()).collect();
-                if let Err(e) = spool.append(batch).await {
-                    let mut st = self.lock();
-                    for (i, job, bytes) in fresh.drain(..) {
-                        st.bytes -= bytes;
-                        st.entries.remove(&job.id);
-                        results[i] = Err(ProtoError::new(e.code(), e.to_string()));
+                match spool.append(batch).await {
+                    Ok(l) => locs = l,
+                    Err(e) => {
+                        let mut st = self.lock();
+                        for (i, job, bytes) in fresh.drain(..) {
+                            st.bytes -= bytes;
+                            st.entries.remove(&job.id);
+                            results[i] = Err(ProtoError::new(e.code(), e.to_string()));
+                        }
                     }
                 }
             }
         }
         if !fresh.is_empty() {
             let mut st = self.lock();
-            for (_, job, _) in &fresh {
-                st.commit(job);
+            for (k, (_, job, _)) in fresh.iter().enumerate() {
+                st.commit(job, locs.get(k).copied());
             }
             st.counters.accepted += fresh.len() as u64;
             drop(st);
@@ -467,8 +482,10 @@ impl Engine {
         st.entries.insert(
             job.id.clone(),
             Entry {
-                job: Some(job.clone()),
+                job: JobRef::Mem(job.clone()),
                 host,
+                max_attempts: job.max_attempts,
+                expires_ms: job.expires_ms,
                 // Not queued until committed: an entry in this phase with no
                 // timer and no queue slot is invisible to the dispatcher.
                 phase: Phase::Waiting,
@@ -488,7 +505,7 @@ impl Engine {
 
     /// Restores a job read back from the spool at start-up, in its recorded
     /// state: pending (due at its next attempt) or a dead letter.
-    pub fn restore(&self, job: Arc<Job>, o: Outcome) {
+    pub fn restore(&self, job: Arc<Job>, loc: Loc, o: Outcome) {
         let bytes = job_bytes(&job);
         let mut st = self.lock();
         if st.entries.contains_key(&job.id) {
@@ -499,8 +516,10 @@ impl Engine {
         st.entries.insert(
             job.id.clone(),
             Entry {
-                job: Some(job.clone()),
+                job: JobRef::Disk(loc),
                 host,
+                max_attempts: job.max_attempts,
+                expires_ms: job.expires_ms,
                 phase: dead.unwrap_or(Phase::Waiting),
                 attempts: o.attempts,
                 next_ms: u64::MAX,
@@ -538,14 +557,17 @@ impl Engine {
         let Some(seg) = spool.compaction_candidate() else {
             return;
         };
-        let ids = spool.job_ids_in(seg);
-        let st = self.lock();
+        let jobs = spool.jobs_in(seg);
+        let mut st = self.lock();
         let mut n = 0;
-        for id in ids {
-            let Some(e) = st.entries.get(&id) else {
+        for (job, loc) in jobs {
+            let Some(e) = st.entries.get_mut(&job.id) else {
                 continue;
             };
-            let Some(job) = e.job.clone() else { continue };
+            // Only the job's latest record matters; older copies are dead weight.
+            if !matches!(e.job, JobRef::Disk(l) if l == loc) {
+                continue;
+            }
             let kind = match e.phase {
                 Phase::Dead => Kind::Dead,
                 Phase::Expired => Kind::Expired,
@@ -565,9 +587,9 @@ impl Engine {
                 snippet: e.snippet.as_deref().map(Into::into),
                 at_ms: now_ms(),
             };
-            // Sent under the state lock, so no outcome of this job can be
+            // Written under the state lock, so no outcome of this job can be
             // ordered before its copy.
-            spool.rewrite(job, state);
+            e.job = JobRef::Disk(spool.rewrite(&job, state));
             n += 1;
         }
         spool.retire(seg);
@@ -594,9 +616,13 @@ impl Engine {
                     s.record(&id, Outcome::expired(attempts, now_ms()));
                 }
             }
-            for job in starts {
+            for (id, job) in starts {
                 let me = self.clone();
                 tokio::spawn(async move {
+                    let job = match me.load(&job) {
+                        Ok(job) => job,
+                        Err(e) => return me.unreadable(&id, e),
+                    };
                     let attempt = me.deliverer.attempt(&job).await;
                     me.finish(&job, attempt);
                 });
@@ -612,6 +638,45 @@ impl Engine {
                 None => notified.await,
             }
         }
+    }
+
+    /// The full job: from memory, or read back from its spool record.
+    fn load(&self, r: &JobRef) -> Result<Arc<Job>, String> {
+        match r {
+            JobRef::Mem(j) => Ok(j.clone()),
+            JobRef::Disk(loc) => match &self.spool {
+                Some(s) => s.read(*loc),
+                None => Err("no spool".into()),
+            },
+            JobRef::Gone => Err("request already finished".into()),
+        }
+    }
+
+    /// A job whose spool record cannot be read can never be delivered: it
+    /// becomes a dead letter that says why, instead of vanishing.
+    fn unreadable(&self, id: &Arc<str>, error: String) {
+        let now = now_ms();
+        let history = self.dcfg().status_history;
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        let Some(e) = st.entries.get_mut(id) else {
+            return;
+        };
+        let host = e.host as usize;
+        e.last_error = Some(error.clone().into());
+        let attempts = e.attempts;
+        st.hosts[host].in_flight -= 1;
+        error!(id = %id, error = %error, "cannot load request from the spool; kept as dead letter");
+        st.end(id, Phase::Dead, now, history);
+        if let Some(s) = &self.spool {
+            let mut o = Outcome::expired(attempts, now);
+            o.kind = Kind::Dead;
+            o.error = Some(error);
+            s.record(id, o);
+        }
+        drop(st);
+        self.wake.notify_one();
+        self.idle.notify_waiters();
     }
 
     /// Applies an attempt's outcome.
@@ -793,23 +858,47 @@ impl Engine {
 
     /// `status` op: `None` when the id is unknown.
     pub fn status(&self, id: &str) -> Option<Value> {
-        let st = self.lock();
-        let e = st.entries.get(id)?;
-        Some(entry_json(id, e, &st))
+        let (r, mut v) = {
+            let st = self.lock();
+            let e = st.entries.get(id)?;
+            (e.job.clone(), entry_json(id, e, &st))
+        };
+        self.add_request(&r, &mut v);
+        Some(v)
+    }
+
+    /// Method and URL, read back from the spool outside the state lock.
+    fn add_request(&self, r: &JobRef, v: &mut Value) {
+        if let Ok(job) = self.load(r) {
+            v["method"] = job.method.as_str().into();
+            v["url"] = job.uri.to_string().into();
+        }
     }
 
     /// `dead` op: dead letters, oldest first, at most `limit`.
     pub fn dead(&self, limit: Option<usize>) -> Value {
-        let st = self.lock();
-        let n = st.dead.len();
-        let skip = limit.map(|l| n.saturating_sub(l)).unwrap_or(0);
-        let list: Vec<Value> = st
-            .dead
-            .values()
-            .skip(skip)
-            .filter_map(|id| st.entries.get(id).map(|e| entry_json(id, e, &st)))
-            .collect();
-        Value::Array(list)
+        let list: Vec<(JobRef, Value)> = {
+            let st = self.lock();
+            let n = st.dead.len();
+            let skip = limit.map(|l| n.saturating_sub(l)).unwrap_or(0);
+            st.dead
+                .values()
+                .skip(skip)
+                .filter_map(|id| {
+                    st.entries
+                        .get(id)
+                        .map(|e| (e.job.clone(), entry_json(id, e, &st)))
+                })
+                .collect()
+        };
+        Value::Array(
+            list.into_iter()
+                .map(|(r, mut v)| {
+                    self.add_request(&r, &mut v);
+                    v
+                })
+                .collect(),
+        )
     }
 
     /// `replay` op: dead letters go back to the queue with fresh attempts and ttl.
@@ -821,14 +910,27 @@ impl Engine {
             let Some(e) = st.entries.get_mut(id) else {
                 continue;
             };
-            let Some(old) = e.job.clone() else { continue };
+            let r = e.job.clone();
+            let old = match self.load(&r) {
+                Ok(j) => j,
+                Err(err) => {
+                    warn!(id = %id, error = %err, "cannot replay: request unreadable");
+                    continue;
+                }
+            };
+            let Some(e) = st.entries.get_mut(id) else {
+                continue;
+            };
             let mut job = (*old).clone();
             let ttl = old.expires_ms.saturating_sub(old.accepted_ms);
             job.accepted_ms = now;
             job.not_before_ms = now;
             job.expires_ms = now.saturating_add(ttl);
-            let job = Arc::new(job);
-            e.job = Some(job.clone());
+            e.expires_ms = job.expires_ms;
+            e.job = match &self.spool {
+                Some(s) => JobRef::Disk(s.replay(&job)),
+                None => JobRef::Mem(Arc::new(job)),
+            };
             e.attempts = 0;
             e.accepted_ms = now;
             let seq = e.dead_seq;
@@ -837,9 +939,6 @@ impl Engine {
             st.pending += 1;
             st.hosts[host].pending += 1;
             st.schedule(id, now, false);
-            if let Some(s) = &self.spool {
-                s.replay(job);
-            }
         }
         drop(st);
         info!(count = ids.len(), "dead letters replayed");
@@ -878,18 +977,17 @@ fn job_bytes(job: &Job) -> u64 {
 }
 
 fn entry_json(id: &str, e: &Entry, st: &State) -> Value {
-    let job = e.job.as_deref();
     json!({
         "id": id,
         "state": e.phase.as_str(),
         "attempts": e.attempts,
-        "max_attempts": job.map(|j| j.max_attempts),
-        "method": job.map(|j| j.method.as_str()),
-        "url": job.map(|j| j.uri.to_string()),
+        "max_attempts": e.max_attempts,
+        "method": Value::Null,
+        "url": Value::Null,
         "host": st.hosts[e.host as usize].key,
         "accepted_ms": e.accepted_ms,
         "next_attempt_ms": (e.phase == Phase::Waiting && e.next_ms != u64::MAX).then_some(e.next_ms),
-        "expires_ms": job.map(|j| j.expires_ms),
+        "expires_ms": e.expires_ms,
         "finished_ms": (e.finished_ms > 0).then_some(e.finished_ms),
         "last_status": e.last_status,
         "last_error": e.last_error.as_deref(),
@@ -923,12 +1021,16 @@ impl State {
     }
 
     /// Makes a reserved entry pending: queued now, or at its `delay_ms`.
-    fn commit(&mut self, job: &Arc<Job>) {
-        let Some(e) = self.entries.get(&job.id) else {
+    /// With a spool location, the body is dropped from memory.
+    fn commit(&mut self, job: &Arc<Job>, loc: Option<Loc>) {
+        let Some(e) = self.entries.get_mut(&job.id) else {
             return;
         };
         if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
             return;
+        }
+        if let Some(loc) = loc {
+            e.job = JobRef::Disk(loc);
         }
         let host = e.host as usize;
         self.pending += 1;
@@ -969,7 +1071,7 @@ impl State {
         let host = e.host as usize;
         match phase {
             Phase::Delivered => {
-                e.job = None;
+                e.job = JobRef::Gone;
                 self.bytes -= e.bytes;
                 e.bytes = 0;
                 self.counters.delivered += 1;
@@ -1027,7 +1129,11 @@ impl State {
     /// Fires due timers and picks the jobs to start now, within the limits.
     /// Also returns the ids (and attempts) found expired on the way.
     #[allow(clippy::type_complexity)]
-    fn collect(&mut self, now: u64, cfg: &DeliveryConfig) -> (Vec<Arc<Job>>, Vec<(Arc<str>, u32)>) {
+    fn collect(
+        &mut self,
+        now: u64,
+        cfg: &DeliveryConfig,
+    ) -> (Vec<(Arc<str>, JobRef)>, Vec<(Arc<str>, u32)>) {
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -1097,8 +1203,7 @@ impl State {
                 if e.phase != Phase::Queued {
                     continue;
                 }
-                let Some(job) = e.job.clone() else { continue };
-                if now >= job.expires_ms {
+                if now >= e.expires_ms {
                     expired.push((id.clone(), e.attempts));
                     self.end(&id, Phase::Expired, now, cfg.status_history);
                     warn!(id = %id, "ttl passed before delivery; expired");
@@ -1107,7 +1212,7 @@ impl State {
                 e.phase = Phase::InFlight;
                 self.hosts[hi].in_flight += 1;
                 self.in_flight += 1;
-                starts.push(job);
+                starts.push((id, e.job.clone()));
             }
         }
         (starts, expired)

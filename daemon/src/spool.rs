@@ -47,6 +47,17 @@ const REC_OUTCOME: u8 = 2;
 /// No record is larger: a length field above it is damage, not data.
 const MAX_RECORD: u32 = 64 << 20;
 
+/// Where a record lives: segment, byte offset, length (header included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Segment number.
+    pub seg: u64,
+    /// Offset of the record's header in the segment file.
+    pub off: u64,
+    /// Bytes of the record, header included.
+    pub len: u32,
+}
+
 /// Why the spool refused an append.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -210,8 +221,9 @@ impl Outcome {
 
 /// What replay found: jobs still to deliver or kept as dead letters, and damage.
 pub struct Replay {
-    /// Live jobs with their last recorded state, in acceptance order.
-    pub jobs: Vec<(Arc<Job>, Outcome)>,
+    /// Live jobs with their last recorded state, in acceptance order. The
+    /// jobs carry no body or headers (those stay on disk, see `Loc`).
+    pub jobs: Vec<(Arc<Job>, Loc, Outcome)>,
     /// The report of the scan.
     pub report: ScanReport,
 }
@@ -266,8 +278,6 @@ fn sync_dir(dir: &Path) {
 
 /// Bytes of buffered outcome records past which the caller writes them itself.
 const FLUSH_BYTES: usize = 256 * 1024;
-/// How long the flusher lets outcome records gather before writing them.
-const FLUSH_DELAY: Duration = Duration::from_millis(2);
 
 #[derive(Default, Clone, Copy)]
 struct SegInfo {
@@ -296,6 +306,8 @@ struct Inner {
     written: u64,
     /// Segments the compactor asked to delete once free.
     retire: Vec<u64>,
+    /// Open read handles of segments, for loading jobs at delivery time.
+    readers: HashMap<u64, Arc<File>>,
     closed: bool,
 }
 
@@ -306,7 +318,7 @@ struct Inner {
 /// `write` — group commit across connections. In `always` mode the caller
 /// then waits for an fdatasync that covers its write; one sync serves every
 /// writer that arrived while it ran. Outcome records are buffered and written
-/// by a flusher thread within a few milliseconds (or by the next append),
+/// by a flusher thread as soon as it wakes (or by the next append),
 /// which also deletes finished segments.
 pub struct Spool {
     dir: PathBuf,
@@ -376,6 +388,7 @@ impl Spool {
                 loaded: false,
                 written: 0,
                 retire: Vec::new(),
+                readers: HashMap::new(),
                 closed: false,
             }),
             synced: Mutex::new(0),
@@ -401,8 +414,10 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Appends new jobs; returns once written (and synced in `always` mode).
-    pub async fn append(self: &Arc<Self>, jobs: Vec<Arc<Job>>) -> Result<(), SpoolError> {
+    /// Appends new jobs; returns once written (and synced in `always` mode),
+    /// with where each record lives.
+    pub async fn append(self: &Arc<Self>, jobs: Vec<Arc<Job>>) -> Result<Vec<Loc>, SpoolError> {
+        let mut locs = Vec::with_capacity(jobs.len());
         let seq = {
             let mut inner = self.lock();
             if inner.closed {
@@ -410,7 +425,8 @@ impl Spool {
             }
             let mark = (inner.buf.len(), inner.counts.len());
             for job in &jobs {
-                encode_job(&mut inner.buf, job, &Outcome::new_job(job));
+                let loc = encode_job_at(&mut inner, job, &Outcome::new_job(job));
+                locs.push(loc);
                 inner.counts.push((job.id.clone(), true, false));
             }
             if let Err(e) = self.write_out(&mut inner) {
@@ -424,11 +440,53 @@ impl Spool {
         };
         if self.fsync == FsyncMode::Always {
             let me = self.clone();
-            return tokio::task::spawn_blocking(move || me.sync_to(seq))
+            tokio::task::spawn_blocking(move || me.sync_to(seq))
                 .await
-                .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())));
+                .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))?;
         }
-        Ok(())
+        Ok(locs)
+    }
+
+    /// Loads a job from its record (at delivery time, for `status`, ...).
+    pub fn read(&self, loc: Loc) -> Result<Arc<Job>, String> {
+        let mut bytes = vec![0u8; loc.len as usize];
+        let file = {
+            let mut inner = self.lock();
+            if loc.seg == inner.current && loc.off + loc.len as u64 > inner.len {
+                // Still in the buffer (a rewrite the flusher has not written yet).
+                let start = loc
+                    .off
+                    .checked_sub(inner.len)
+                    .ok_or("record straddles the buffer")? as usize;
+                let part = inner
+                    .buf
+                    .get(start..start + loc.len as usize)
+                    .ok_or("record not in the buffer")?;
+                bytes.copy_from_slice(part);
+                None
+            } else {
+                match inner.readers.get(&loc.seg) {
+                    Some(f) => Some(f.clone()),
+                    None => {
+                        let f =
+                            Arc::new(File::open(seg_path(&self.dir, loc.seg)).map_err(|e| {
+                                format!("cannot open spool segment {}: {e}", loc.seg)
+                            })?);
+                        inner.readers.insert(loc.seg, f.clone());
+                        Some(f)
+                    }
+                }
+            }
+        };
+        if let Some(f) = file {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut bytes, loc.off)
+                .map_err(|e| format!("cannot read spool record: {e}"))?;
+        }
+        match record_at(&bytes, 0).and_then(|(payload, _)| decode(payload)) {
+            Some(Record::Job(job, _)) => Ok(job),
+            _ => Err("spool record is damaged".into()),
+        }
     }
 
     /// Blocks until write number `seq` is on stable storage.
@@ -460,17 +518,17 @@ impl Spool {
     }
 
     /// Records a dead letter put back in the queue with new times.
-    pub fn replay(&self, job: Arc<Job>) {
-        let o = Outcome::new_job(&job);
-        self.rewrite(job, o);
+    pub fn replay(&self, job: &Job) -> Loc {
+        self.rewrite(job, Outcome::new_job(job))
     }
 
     /// Re-appends a live job with its current state (compaction, replay).
-    pub fn rewrite(&self, job: Arc<Job>, state: Outcome) {
+    pub fn rewrite(&self, job: &Job, state: Outcome) -> Loc {
         let mut inner = self.lock();
-        encode_job(&mut inner.buf, &job, &state);
+        let loc = encode_job_at(&mut inner, job, &state);
         inner.counts.push((job.id.clone(), true, false));
         self.after_buffered(inner);
+        loc
     }
 
     fn after_buffered(&self, mut inner: MutexGuard<'_, Inner>) {
@@ -591,10 +649,8 @@ impl Spool {
                     .unwrap_or_else(|e| e.into_inner().0);
                 continue;
             }
-            // Let outcomes gather, so one write carries many.
-            drop(inner);
-            std::thread::sleep(FLUSH_DELAY);
-            inner = self.lock();
+            // Outcomes that arrive while this write runs gather in the
+            // buffer and go out together in the next one.
             let _ = self.write_out(&mut inner);
             inner.retire.clear();
             self.remove_finished(&mut inner);
@@ -630,6 +686,7 @@ impl Spool {
             }
             self.bytes.fetch_sub(info.bytes, Ordering::Relaxed);
             inner.segments.remove(&n);
+            inner.readers.remove(&n);
             info!(segment = %path.display(), "spool segment finished; removed");
         }
     }
@@ -651,10 +708,10 @@ impl Spool {
         let report = scan.report.clone();
         self.damage
             .fetch_add(report.corrupt_records, Ordering::Relaxed);
-        let mut jobs: Vec<(u64, Arc<Job>, Outcome, u64)> = scan
+        let mut jobs: Vec<(u64, Arc<Job>, Outcome, Loc)> = scan
             .live
             .into_values()
-            .map(|(job, o, seg, order)| (order, job, o, seg))
+            .map(|(job, o, loc, order)| (order, job, o, loc))
             .collect();
         jobs.sort_unstable_by_key(|(order, ..)| *order);
         {
@@ -664,11 +721,11 @@ impl Spool {
                     info.records = *r;
                 }
             }
-            for (_, job, _, seg) in &jobs {
+            for (_, job, _, loc) in &jobs {
                 // A newer record (a send with the same id since start) wins.
                 if !inner.latest.contains_key(&job.id) {
-                    inner.latest.insert(job.id.clone(), *seg);
-                    let i = inner.segments.entry(*seg).or_default();
+                    inner.latest.insert(job.id.clone(), loc.seg);
+                    let i = inner.segments.entry(loc.seg).or_default();
                     i.live += 1;
                     i.records = i.records.max(i.live);
                 }
@@ -677,7 +734,7 @@ impl Spool {
         }
         self.wake.notify_one();
         Replay {
-            jobs: jobs.into_iter().map(|(_, j, o, _)| (j, o)).collect(),
+            jobs: jobs.into_iter().map(|(_, j, o, l)| (j, l, o)).collect(),
             report,
         }
     }
@@ -694,11 +751,12 @@ impl Spool {
         (info.live > 0 && info.live * 4 <= info.records).then_some(*n)
     }
 
-    /// Ids of the jobs in segment `n` (for compaction).
-    pub fn job_ids_in(&self, n: u64) -> Vec<Arc<str>> {
+    /// The jobs recorded in segment `n` and where (for compaction).
+    pub fn jobs_in(&self, n: u64) -> Vec<(Arc<Job>, Loc)> {
         let mut scan = Scanner::new(false);
+        scan.collect_jobs = true;
         scan.segment(&self.dir, n);
-        scan.ids
+        scan.jobs
     }
 
     /// The `spool` part of `stats`.
@@ -712,6 +770,18 @@ impl Spool {
             "segments": segments,
             "corrupt_records": self.damage.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Encodes a JOB record into the buffer and says where it will land: the
+/// buffer is always written whole at the end of the current segment.
+fn encode_job_at(inner: &mut Inner, job: &Job, o: &Outcome) -> Loc {
+    let off = inner.len + inner.buf.len() as u64;
+    encode_job(&mut inner.buf, job, o);
+    Loc {
+        seg: inner.current,
+        off,
+        len: (inner.len + inner.buf.len() as u64 - off) as u32,
     }
 }
 
@@ -915,9 +985,11 @@ fn decode(payload: &[u8]) -> Option<Record> {
 pub struct Scanner {
     /// Cut torn tails off the files (false: read-only).
     repair: bool,
-    /// Live jobs: id → (job, state, segment of its latest record, order).
-    live: HashMap<Arc<str>, (Arc<Job>, Outcome, u64, u64)>,
-    ids: Vec<Arc<str>>,
+    /// Live jobs: id → (job without body, state, its latest record, order).
+    live: HashMap<Arc<str>, (Arc<Job>, Outcome, Loc, u64)>,
+    /// Keep every JOB record of the scanned segments (compaction).
+    collect_jobs: bool,
+    jobs: Vec<(Arc<Job>, Loc)>,
     order: u64,
     seg_records: HashMap<u64, u64>,
     /// What was seen.
@@ -930,7 +1002,8 @@ impl Scanner {
         Scanner {
             repair,
             live: HashMap::new(),
-            ids: Vec::new(),
+            collect_jobs: false,
+            jobs: Vec::new(),
             order: 0,
             seg_records: HashMap::new(),
             report: ScanReport::default(),
@@ -999,8 +1072,13 @@ impl Scanner {
         while pos < data.len() {
             match record_at(&data, pos) {
                 Some((payload, next)) => {
+                    let loc = Loc {
+                        seg: n,
+                        off: pos as u64,
+                        len: (next - pos) as u32,
+                    };
                     match decode(payload) {
-                        Some(rec) => self.apply(rec, n),
+                        Some(rec) => self.apply(rec, loc),
                         None => {
                             self.report.corrupt_records += 1;
                             warn!(segment = %path.display(), offset = pos, "undecodable spool record; skipped");
@@ -1038,12 +1116,24 @@ impl Scanner {
         }
     }
 
-    fn apply(&mut self, rec: Record, seg: u64) {
+    fn apply(&mut self, rec: Record, loc: Loc) {
         self.report.records += 1;
-        *self.seg_records.entry(seg).or_default() += 1;
+        *self.seg_records.entry(loc.seg).or_default() += 1;
         match rec {
             Record::Job(job, o) => {
-                self.ids.push(job.id.clone());
+                if self.collect_jobs {
+                    self.jobs.push((job.clone(), loc));
+                }
+                // Bodies and headers stay on disk: replay memory follows the
+                // count of pending requests, not their size.
+                let job = if job.body.is_empty() && job.headers.is_empty() {
+                    job
+                } else {
+                    let mut lean = (*job).clone();
+                    lean.body = Bytes::new();
+                    lean.headers = Vec::new();
+                    Arc::new(lean)
+                };
                 let order = self
                     .live
                     .get(&job.id)
@@ -1055,7 +1145,7 @@ impl Scanner {
                 if o.kind.finished() {
                     self.live.remove(&job.id);
                 } else {
-                    self.live.insert(job.id.clone(), (job, o, seg, order));
+                    self.live.insert(job.id.clone(), (job, o, loc, order));
                 }
             }
             Record::Outcome(id, o) => {
