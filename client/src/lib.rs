@@ -295,8 +295,14 @@ impl Client {
     /// Sends one raw protocol line (without `\n`) and returns the answer;
     /// an `ok:false` answer is an [`Error::Rejected`].
     pub fn send_line(&mut self, line: &str) -> Result<Map<String, Value>, Error> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.contains('\n') {
+            return Err(Error::Protocol(
+                "a request line must not contain a newline".into(),
+            ));
+        }
         let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.trim_end_matches(['\r', '\n']).as_bytes());
+        buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         match self.roundtrip(&buf)? {
             Response::Ok(m) => Ok(m),
@@ -412,9 +418,10 @@ pub struct Report {
 }
 
 /// Answers outstanding before the pipeline stops writing to read some: small
-/// enough that they fit in the socket buffer, so neither side can block the
-/// other forever.
-const WINDOW: usize = 1024;
+/// enough that they fit in the socket buffer (answers are at most a few
+/// hundred bytes; ffd cuts quoted values short), so neither side can block
+/// the other forever.
+const WINDOW: usize = 256;
 /// Bytes buffered before a write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -424,12 +431,18 @@ impl Pipeline<'_> {
         self.send_line(&req.to_line())
     }
 
-    /// Queues one raw protocol line (a `\n` is added if missing).
+    /// Queues one raw protocol line (a `\n` is added if missing). A line
+    /// holding a newline inside would be two requests to ffd and put every
+    /// later answer out of step, so it is refused here.
     pub fn send_line(&mut self, line: &str) -> Result<(), Error> {
-        self.buf.extend_from_slice(line.as_bytes());
-        if !line.ends_with('\n') {
-            self.buf.push(b'\n');
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        if body.contains('\n') {
+            return Err(Error::Protocol(
+                "a request line must not contain a newline".into(),
+            ));
         }
+        self.buf.extend_from_slice(body.as_bytes());
+        self.buf.push(b'\n');
         self.sent += 1;
         if self.buf.len() >= WRITE_CHUNK {
             self.write_out()?;
@@ -484,6 +497,22 @@ impl Pipeline<'_> {
             ids: std::mem::take(&mut self.ids),
             rejected: std::mem::take(&mut self.rejected),
         })
+    }
+}
+
+impl Drop for Pipeline<'_> {
+    /// A pipeline dropped without `finish` (an early `?`, a panic) still
+    /// sends what it buffered and reads its answers, so the connection is
+    /// in step for the next call. Errors here have nowhere to go.
+    fn drop(&mut self) {
+        if self.write_out().is_err() {
+            return;
+        }
+        while self.answered < self.sent {
+            if self.read_one().is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -277,6 +277,9 @@ impl Config {
         }
         at_least("spool.max_bytes", self.spool.max_bytes, 1 << 16)?;
         at_least("spool.segment_bytes", self.spool.segment_bytes, 1 << 12)?;
+        if self.spool.segment_bytes > 1 << 30 {
+            bail!("key `spool.segment_bytes`: must be at most 1 GiB (1073741824)");
+        }
         if self.spool.segment_bytes > self.spool.max_bytes {
             bail!("key `spool.segment_bytes`: must not exceed `spool.max_bytes`");
         }

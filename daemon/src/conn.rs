@@ -63,6 +63,8 @@ pub async fn serve(stream: UnixStream, engine: Arc<Engine>, max_line: usize, pee
             if discarding {
                 discarding = false;
                 push_error(&mut batch, &engine, too_long(max_line));
+            } else if partial.is_empty() && piece.len() > max_line {
+                push_error(&mut batch, &engine, too_long(max_line));
             } else if partial.is_empty() {
                 handle_line(piece, &mut batch, &engine, &mut out, &mut wr, peer).await;
             } else if partial.len() + piece.len() > max_line {

@@ -35,6 +35,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The first bytes of the response body (lossy UTF-8).
     pub snippet: Option<String>,
+    /// When the attempt began (Unix ms).
+    pub started_ms: u64,
 }
 
 /// The shared HTTP client and the fixed parts of every request.
@@ -109,9 +111,10 @@ impl Deliverer {
 
     /// Makes one attempt, bounded by the job's timeout (response body included).
     pub async fn attempt(&self, job: &Job) -> Attempt {
+        let started_ms = crate::scheduler::now_ms();
         let req = self.build_request(job);
         let timeout = Duration::from_millis(job.timeout_ms);
-        match tokio::time::timeout(timeout, self.exchange(req)).await {
+        let mut a = match tokio::time::timeout(timeout, self.exchange(req)).await {
             Ok(a) => a,
             Err(_) => Attempt {
                 verdict: Verdict::Retry,
@@ -119,8 +122,11 @@ impl Deliverer {
                 retry_after_ms: None,
                 error: Some(format!("timed out after {} ms", job.timeout_ms)),
                 snippet: None,
+                started_ms: 0,
             },
-        }
+        };
+        a.started_ms = started_ms;
+        a
     }
 
     async fn exchange(&self, req: Request<Full<Bytes>>) -> Attempt {
@@ -133,6 +139,7 @@ impl Deliverer {
                     retry_after_ms: None,
                     error: Some(error_chain(&e)),
                     snippet: None,
+                    started_ms: 0,
                 }
             }
         };
@@ -142,7 +149,7 @@ impl Deliverer {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
-            .map(|d| d.as_millis() as u64);
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64);
         let verdict = classify_status(status);
         let mut body = resp.into_body();
         let mut kept = Vec::new();
@@ -176,6 +183,7 @@ impl Deliverer {
             retry_after_ms,
             error,
             snippet: (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned()),
+            started_ms: 0,
         }
     }
 }

@@ -162,7 +162,7 @@ pub async fn run(
                 );
                 engine.count_rejected(ffd_proto::ErrorCode::Forbidden);
                 tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut stream = stream;
                     let mut line = Vec::new();
                     ffd_proto::write_error(
@@ -172,6 +172,20 @@ pub async fn run(
                     );
                     let _ = stream.write_all(&line).await;
                     let _ = stream.shutdown().await;
+                    // Swallow what the peer already sent (bounded in bytes and
+                    // time) before closing: closing on unread data would make
+                    // its write fail before it reads the answer.
+                    let mut sink = [0u8; 4096];
+                    let mut left: usize = 64 * 1024;
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                        while left > 0 {
+                            match stream.read(&mut sink).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => left = left.saturating_sub(n),
+                            }
+                        }
+                    })
+                    .await;
                     drop(permit);
                 });
                 continue;

@@ -290,7 +290,9 @@ async fn serve(
             let (pending, dead) = (r.pending, r.dead);
             let (corrupt, torn) = (r.corrupt_records, r.torn_bytes);
             for (job, loc, state) in replay.jobs {
-                engine.restore(job, loc, state);
+                if !engine.restore(job, loc, state) {
+                    spool.forget(loc);
+                }
             }
             info!(
                 pending,

@@ -79,8 +79,20 @@ enum JobRef {
     Gone,
 }
 
+impl JobRef {
+    fn loc(&self) -> Option<Loc> {
+        match self {
+            JobRef::Disk(l) => Some(*l),
+            _ => None,
+        }
+    }
+}
+
 struct Entry {
     job: JobRef,
+    /// False between reserve and the end of its spool write: a duplicate
+    /// id must not be acknowledged before the original is safely stored.
+    committed: bool,
     host: u32,
     max_attempts: u32,
     expires_ms: u64,
@@ -107,6 +119,8 @@ struct Host {
     pending: usize,
     failures: u32,
     paused_until: u64,
+    /// When the breaker last tripped.
+    tripped_ms: u64,
     cooldown_ms: u64,
     last_success_ms: u64,
     last_failure_ms: u64,
@@ -195,10 +209,16 @@ fn backoff(d: &DeliveryConfig) -> Backoff {
     }
 }
 
-/// Whether an accept reserved room.
-enum Room {
+/// What reserving room for a send came to.
+enum Reserve {
+    /// Room reserved; the entry waits for its spool write.
     Reserved,
+    /// The spool is full.
     Full,
+    /// The id is known and stored: acknowledge, do not queue again.
+    Known,
+    /// The id is known but its spool write has not finished: wait for it.
+    Pending,
 }
 
 impl Engine {
@@ -349,6 +369,13 @@ impl Engine {
             None => crate::id::new_id(now).into(),
         };
         let ttl = req.ttl_ms.unwrap_or(dcfg.ttl_ms);
+        let delay = req.delay_ms.unwrap_or(0);
+        if delay >= ttl {
+            return Err(ProtoError::new(
+                ErrorCode::BadRequest,
+                format!("`delay_ms` ({delay}) must be less than the ttl ({ttl} ms): the request would expire before its first attempt"),
+            ));
+        }
         Ok(Job {
             id,
             method,
@@ -358,7 +385,7 @@ impl Engine {
             timeout_ms: req.timeout_ms.unwrap_or(dcfg.timeout_ms),
             max_attempts: req.max_attempts.unwrap_or(dcfg.max_attempts),
             accepted_ms: now,
-            not_before_ms: now + req.delay_ms.unwrap_or(0),
+            not_before_ms: now.saturating_add(delay),
             expires_ms: now.saturating_add(ttl),
         })
     }
@@ -382,23 +409,58 @@ impl Engine {
         if jobs.is_empty() {
             return self.count_results(results);
         }
+        // A caller id repeated within the batch: later copies share the
+        // first one's fate.
+        let mut same_as: Vec<(usize, usize)> = Vec::new();
+        if jobs.len() > 1 {
+            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
+            let mut keep = Vec::with_capacity(jobs.len());
+            for (k, (i, job, _)) in jobs.iter().enumerate() {
+                match seen.get(&*job.id) {
+                    Some(first) => same_as.push((*i, *first)),
+                    None => {
+                        seen.insert(&job.id, *i);
+                        keep.push(k);
+                    }
+                }
+            }
+            if !same_as.is_empty() {
+                let mut all: Vec<Option<(usize, Arc<Job>, u64)>> =
+                    jobs.into_iter().map(Some).collect();
+                jobs = keep.into_iter().filter_map(|k| all[k].take()).collect();
+            }
+        }
         // Reserve room, skipping ids already known (idempotency key).
         let mut fresh: Vec<(usize, Arc<Job>, u64)> = Vec::with_capacity(jobs.len());
         for (i, job, bytes) in jobs {
+            let mut waited = 0u32;
             loop {
                 let notified = self.room.notified();
                 match self.reserve(&job, bytes) {
-                    Ok(None) => break,
-                    Ok(Some(Room::Reserved)) => {
+                    Ok(Reserve::Known) => break,
+                    Ok(Reserve::Reserved) => {
                         fresh.push((i, job, bytes));
                         break;
                     }
-                    Ok(Some(Room::Full)) if self.when_full == WhenFull::Block => {
+                    Ok(Reserve::Pending) if waited < 5000 => {
+                        // Another connection's send with this id is being
+                        // written: its outcome decides what this one gets.
+                        waited += 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Ok(Reserve::Pending) => {
+                        results[i] = Err(ProtoError::new(
+                            ErrorCode::Internal,
+                            "a send with this id is still being stored; try again",
+                        ));
+                        break;
+                    }
+                    Ok(Reserve::Full) if self.when_full == WhenFull::Block => {
                         // Room comes back when the spool writer deletes a
                         // segment, which sends no wake-up: look again soon.
                         let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
                     }
-                    Ok(Some(Room::Full)) => {
+                    Ok(Reserve::Full) => {
                         results[i] = Err(ProtoError::new(
                             ErrorCode::SpoolFull,
                             format!(
@@ -438,8 +500,12 @@ impl Engine {
                 st.commit(job, locs.get(k).copied());
             }
             st.counters.accepted += fresh.len() as u64;
+            st.counters.duplicates += same_as.len() as u64;
             drop(st);
             self.wake.notify_one();
+        }
+        for (i, first) in same_as {
+            results[i] = results[first].clone();
         }
         self.count_results(results)
     }
@@ -458,7 +524,7 @@ impl Engine {
 
     /// Reserves room for a job and inserts it as not yet committed.
     /// `Ok(None)`: the id is already known, nothing to do.
-    fn reserve(&self, job: &Arc<Job>, bytes: u64) -> Result<Option<Room>, ProtoError> {
+    fn reserve(&self, job: &Arc<Job>, bytes: u64) -> Result<Reserve, ProtoError> {
         let mut st = self.lock();
         if st.draining {
             return Err(ProtoError::new(
@@ -466,16 +532,19 @@ impl Engine {
                 "ffd is shutting down and accepts no new requests",
             ));
         }
-        if st.entries.contains_key(&job.id) {
+        if let Some(e) = st.entries.get(&job.id) {
+            if !e.committed {
+                return Ok(Reserve::Pending);
+            }
             st.counters.duplicates += 1;
-            return Ok(None);
+            return Ok(Reserve::Known);
         }
         let used = match &self.spool {
             Some(s) => s.bytes(),
             None => st.bytes,
         };
         if used + bytes > self.max_bytes {
-            return Ok(Some(Room::Full));
+            return Ok(Reserve::Full);
         }
         st.bytes += bytes;
         let host = st.host_for(&job.uri);
@@ -483,6 +552,7 @@ impl Engine {
             job.id.clone(),
             Entry {
                 job: JobRef::Mem(job.clone()),
+                committed: false,
                 host,
                 max_attempts: job.max_attempts,
                 expires_ms: job.expires_ms,
@@ -500,16 +570,17 @@ impl Engine {
                 dead_seq: 0,
             },
         );
-        Ok(Some(Room::Reserved))
+        Ok(Reserve::Reserved)
     }
 
     /// Restores a job read back from the spool at start-up, in its recorded
     /// state: pending (due at its next attempt) or a dead letter.
-    pub fn restore(&self, job: Arc<Job>, loc: Loc, o: Outcome) {
+    /// Returns false when a newer send with the same id already holds it.
+    pub fn restore(&self, job: Arc<Job>, loc: Loc, o: Outcome) -> bool {
         let bytes = job_bytes(&job);
         let mut st = self.lock();
         if st.entries.contains_key(&job.id) {
-            return;
+            return false;
         }
         let host = st.host_for(&job.uri);
         let dead = o.dead_phase();
@@ -517,6 +588,7 @@ impl Engine {
             job.id.clone(),
             Entry {
                 job: JobRef::Disk(loc),
+                committed: true,
                 host,
                 max_attempts: job.max_attempts,
                 expires_ms: job.expires_ms,
@@ -540,7 +612,7 @@ impl Engine {
                 e.dead_seq = seq;
             }
             st.dead.insert(seq, job.id.clone());
-            return;
+            return true;
         }
         st.pending += 1;
         st.hosts[host as usize].pending += 1;
@@ -548,6 +620,7 @@ impl Engine {
         st.schedule(&job.id, at, o.attempts > 0);
         drop(st);
         self.wake.notify_one();
+        true
     }
 
     /// Re-appends the live jobs of the spool's oldest segment when few are
@@ -589,7 +662,7 @@ impl Engine {
             };
             // Written under the state lock, so no outcome of this job can be
             // ordered before its copy.
-            e.job = JobRef::Disk(spool.rewrite(&job, state));
+            e.job = JobRef::Disk(spool.rewrite(&job, state, Some(loc)));
             n += 1;
         }
         spool.retire(seg);
@@ -601,21 +674,12 @@ impl Engine {
     pub async fn run_dispatcher(self: Arc<Self>) {
         loop {
             let notified = self.wake.notified();
-            let (starts, expired, next) = {
+            let (starts, next) = {
                 let mut st = self.lock();
                 let now = now_ms();
-                let (starts, expired) = st.collect(now, &self.dcfg());
-                (
-                    starts,
-                    expired,
-                    st.timers.peek().map(|Reverse((at, _))| *at),
-                )
+                let starts = st.collect(now, &self.dcfg(), self.spool.as_deref());
+                (starts, st.timers.peek().map(|Reverse((at, _))| *at))
             };
-            if let Some(s) = &self.spool {
-                for (id, attempts) in expired {
-                    s.record(&id, Outcome::expired(attempts, now_ms()));
-                }
-            }
             for (id, job) in starts {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -665,6 +729,7 @@ impl Engine {
         let host = e.host as usize;
         e.last_error = Some(error.clone().into());
         let attempts = e.attempts;
+        let at = e.job.loc();
         st.hosts[host].in_flight -= 1;
         error!(id = %id, error = %error, "cannot load request from the spool; kept as dead letter");
         st.end(id, Phase::Dead, now, history);
@@ -672,7 +737,7 @@ impl Engine {
             let mut o = Outcome::expired(attempts, now);
             o.kind = Kind::Dead;
             o.error = Some(error);
-            s.record(id, o);
+            s.record(id, at, o);
         }
         drop(st);
         self.wake.notify_one();
@@ -689,11 +754,12 @@ impl Engine {
             return;
         };
         let host = e.host as usize;
-        e.attempts += 1;
+        e.attempts = e.attempts.saturating_add(1);
         e.last_status = a.status;
         e.last_error = a.error.clone().map(Into::into);
         e.snippet = a.snippet.clone().map(Into::into);
         let attempts = e.attempts;
+        let here = e.job.loc();
         let url = crate::job::redacted(&job.uri);
         st.hosts[host].in_flight -= 1;
         let end = match a.verdict {
@@ -711,6 +777,7 @@ impl Engine {
                 let h = &mut st.hosts[host];
                 h.failures = 0;
                 h.paused_until = 0;
+                h.cooldown_ms = 0;
                 h.last_failure_ms = now;
                 h.last_error = a.error.clone().map(Into::into);
                 warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
@@ -723,18 +790,23 @@ impl Engine {
                     dcfg.breaker_cooldown_max_ms,
                 );
                 let h = &mut st.hosts[host];
-                h.failures += 1;
                 h.last_failure_ms = now;
                 h.last_error = a.error.clone().map(Into::into);
                 let mut paused = None;
-                if h.failures >= breaker_cfg.0 {
-                    h.cooldown_ms = if h.cooldown_ms == 0 {
-                        breaker_cfg.1
-                    } else {
-                        (h.cooldown_ms * 2).min(breaker_cfg.2)
-                    };
-                    h.paused_until = now + h.cooldown_ms;
-                    paused = Some((h.paused_until, h.cooldown_ms, h.key.clone(), h.failures));
+                // Only attempts that began after the last trip count: the
+                // ones already in flight when it tripped say nothing new.
+                if a.started_ms >= h.tripped_ms && h.paused_until <= now {
+                    h.failures += 1;
+                    if h.failures >= breaker_cfg.0 {
+                        h.cooldown_ms = if h.cooldown_ms == 0 {
+                            breaker_cfg.1
+                        } else {
+                            (h.cooldown_ms * 2).min(breaker_cfg.2)
+                        };
+                        h.paused_until = now + h.cooldown_ms;
+                        h.tripped_ms = now;
+                        paused = Some((h.paused_until, h.cooldown_ms, h.key.clone(), h.failures));
+                    }
                 }
                 if let Some((until, cooldown, key, failures)) = paused {
                     st.timers.push(Reverse((until, Timer::Host)));
@@ -754,7 +826,7 @@ impl Engine {
                         st.counters.retried += 1;
                         st.schedule(&job.id, at, true);
                         if let Some(s) = &self.spool {
-                            s.record(&job.id, Outcome::retry(attempts, at, &a, now));
+                            s.record(&job.id, here, Outcome::retry(attempts, at, &a, now));
                         }
                         None
                     }
@@ -764,7 +836,7 @@ impl Engine {
         if let Some(phase) = end {
             st.end(&job.id, phase, now, dcfg.status_history);
             if let Some(s) = &self.spool {
-                s.record(&job.id, Outcome::end(phase, attempts, &a, now));
+                s.record(&job.id, here, Outcome::end(phase, attempts, &a, now));
             }
         }
         let idle = st.in_flight == 0;
@@ -928,7 +1000,7 @@ impl Engine {
             job.expires_ms = now.saturating_add(ttl);
             e.expires_ms = job.expires_ms;
             e.job = match &self.spool {
-                Some(s) => JobRef::Disk(s.replay(&job)),
+                Some(s) => JobRef::Disk(s.replay(&job, r.loc())),
                 None => JobRef::Mem(Arc::new(job)),
             };
             e.attempts = 0;
@@ -955,7 +1027,7 @@ impl Engine {
                 st.dead.remove(&e.dead_seq);
                 st.bytes -= e.bytes;
                 if let Some(s) = &self.spool {
-                    s.record(id, Outcome::purged(now_ms()));
+                    s.record(id, e.job.loc(), Outcome::purged(now_ms()));
                 }
             }
         }
@@ -1011,6 +1083,7 @@ impl State {
             pending: 0,
             failures: 0,
             paused_until: 0,
+            tripped_ms: 0,
             cooldown_ms: 0,
             last_success_ms: 0,
             last_failure_ms: 0,
@@ -1029,6 +1102,7 @@ impl State {
         if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
             return;
         }
+        e.committed = true;
         if let Some(loc) = loc {
             e.job = JobRef::Disk(loc);
         }
@@ -1127,13 +1201,14 @@ impl State {
     }
 
     /// Fires due timers and picks the jobs to start now, within the limits.
-    /// Also returns the ids (and attempts) found expired on the way.
-    #[allow(clippy::type_complexity)]
+    /// Requests found expired on the way are recorded in the spool here,
+    /// under the state lock like every other state change.
     fn collect(
         &mut self,
         now: u64,
         cfg: &DeliveryConfig,
-    ) -> (Vec<(Arc<str>, JobRef)>, Vec<(Arc<str>, u32)>) {
+        spool: Option<&Spool>,
+    ) -> Vec<(Arc<str>, JobRef)> {
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -1158,9 +1233,8 @@ impl State {
             }
         }
         let mut starts = Vec::new();
-        let mut expired = Vec::new();
         if self.draining || self.hosts.is_empty() {
-            return (starts, expired);
+            return starts;
         }
         let n = self.hosts.len();
         self.rr = (self.rr + 1) % n;
@@ -1204,7 +1278,9 @@ impl State {
                     continue;
                 }
                 if now >= e.expires_ms {
-                    expired.push((id.clone(), e.attempts));
+                    if let Some(s) = spool {
+                        s.record(&id, e.job.loc(), Outcome::expired(e.attempts, now));
+                    }
                     self.end(&id, Phase::Expired, now, cfg.status_history);
                     warn!(id = %id, "ttl passed before delivery; expired");
                     continue;
@@ -1215,6 +1291,6 @@ impl State {
                 starts.push((id, e.job.clone()));
             }
         }
-        (starts, expired)
+        starts
     }
 }

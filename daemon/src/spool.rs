@@ -44,6 +44,8 @@ pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 16;
 const REC_JOB: u8 = 1;
 const REC_OUTCOME: u8 = 2;
+/// Added to the live count of a segment that must never be deleted.
+const PINNED: u64 = 1 << 40;
 /// No record is larger: a length field above it is damage, not data.
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -52,8 +54,9 @@ const MAX_RECORD: u32 = 64 << 20;
 pub struct Loc {
     /// Segment number.
     pub seg: u64,
-    /// Offset of the record's header in the segment file.
-    pub off: u64,
+    /// Offset of the record's header in the segment file (segments stay
+    /// well under 4 GiB: `spool.segment_bytes` is at most 1 GiB).
+    pub off: u32,
     /// Bytes of the record, header included.
     pub len: u32,
 }
@@ -295,10 +298,6 @@ struct Inner {
     /// Encoded records not yet written (outcomes wait here for the flusher
     /// or the next append; appends write at once).
     buf: Vec<u8>,
-    /// Count updates for the records in `buf`: (id, is a JOB record, finishes the job).
-    counts: Vec<(Arc<str>, bool, bool)>,
-    /// id → segment of its latest JOB record, for live jobs.
-    latest: HashMap<Arc<str>, u64>,
     segments: BTreeMap<u64, SegInfo>,
     /// Replay has said which old jobs are live; only then may old segments go.
     loaded: bool,
@@ -361,7 +360,12 @@ impl Spool {
                 },
             );
         }
-        let first_new = existing.last().map(|n| n + 1).unwrap_or(1);
+        let first_new = match existing.last() {
+            Some(n) => n.checked_add(1).with_context(|| {
+                format!("spool segment numbers in {} are exhausted", dir.display())
+            })?,
+            None => 1,
+        };
         let (file, len) = create_segment(dir, first_new, fsync)
             .with_context(|| format!("cannot create a segment in {}", dir.display()))?;
         segments.insert(
@@ -382,8 +386,6 @@ impl Spool {
                 file: Arc::new(file),
                 len,
                 buf: Vec::with_capacity(1 << 16),
-                counts: Vec::new(),
-                latest: HashMap::new(),
                 segments,
                 loaded: false,
                 written: 0,
@@ -423,26 +425,38 @@ impl Spool {
             if inner.closed {
                 return Err(SpoolError::Closed);
             }
-            let mark = (inner.buf.len(), inner.counts.len());
+            let mark = inner.buf.len();
             for job in &jobs {
                 let loc = encode_job_at(&mut inner, job, &Outcome::new_job(job));
                 locs.push(loc);
-                inner.counts.push((job.id.clone(), true, false));
             }
             if let Err(e) = self.write_out(&mut inner) {
                 // Nothing of this batch was written: take its records back out
                 // so a later write cannot make an unacknowledged job live.
-                inner.buf.truncate(mark.0);
-                inner.counts.truncate(mark.1);
+                inner.buf.truncate(mark);
+                let current = inner.current;
+                if let Some(i) = inner.segments.get_mut(&current) {
+                    i.live = i.live.saturating_sub(jobs.len() as u64);
+                    i.records = i.records.saturating_sub(jobs.len() as u64);
+                }
                 return Err(SpoolError::Io(e));
             }
             inner.written
         };
         if self.fsync == FsyncMode::Always {
             let me = self.clone();
-            tokio::task::spawn_blocking(move || me.sync_to(seq))
+            let synced = tokio::task::spawn_blocking(move || me.sync_to(seq))
                 .await
-                .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))?;
+                .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())));
+            if let Err(e) = synced {
+                // Refused to the caller; the records may still be in the
+                // file, but they must not keep their segment alive.
+                let mut inner = self.lock();
+                for l in &locs {
+                    inner.unlive(l.seg);
+                }
+                return Err(e);
+            }
         }
         Ok(locs)
     }
@@ -452,10 +466,9 @@ impl Spool {
         let mut bytes = vec![0u8; loc.len as usize];
         let file = {
             let mut inner = self.lock();
-            if loc.seg == inner.current && loc.off + loc.len as u64 > inner.len {
+            if loc.seg == inner.current && loc.off as u64 + loc.len as u64 > inner.len {
                 // Still in the buffer (a rewrite the flusher has not written yet).
-                let start = loc
-                    .off
+                let start = (loc.off as u64)
                     .checked_sub(inner.len)
                     .ok_or("record straddles the buffer")? as usize;
                 let part = inner
@@ -480,7 +493,7 @@ impl Spool {
         };
         if let Some(f) = file {
             use std::os::unix::fs::FileExt;
-            f.read_exact_at(&mut bytes, loc.off)
+            f.read_exact_at(&mut bytes, loc.off as u64)
                 .map_err(|e| format!("cannot read spool record: {e}"))?;
         }
         match record_at(&bytes, 0).and_then(|(payload, _)| decode(payload)) {
@@ -506,29 +519,45 @@ impl Spool {
         Ok(())
     }
 
-    /// Records a state change. Not awaited: losing the last outcomes in a
-    /// crash means a retry or a duplicate delivery, never a lost request.
-    pub fn record(&self, id: &Arc<str>, outcome: Outcome) {
+    /// Records a state change of the job whose latest record is at `at`.
+    /// Not awaited: losing the last outcomes in a crash means a retry or a
+    /// duplicate delivery, never a lost request.
+    pub fn record(&self, id: &str, at: Option<Loc>, outcome: Outcome) {
         let mut inner = self.lock();
         encode_outcome(&mut inner.buf, id, &outcome);
-        inner
-            .counts
-            .push((id.clone(), false, outcome.kind.finished()));
+        let current = inner.current;
+        if let Some(i) = inner.segments.get_mut(&current) {
+            i.records += 1;
+        }
+        if outcome.kind.finished() {
+            if let Some(at) = at {
+                inner.unlive(at.seg);
+            }
+        }
         self.after_buffered(inner);
     }
 
     /// Records a dead letter put back in the queue with new times.
-    pub fn replay(&self, job: &Job) -> Loc {
-        self.rewrite(job, Outcome::new_job(job))
+    pub fn replay(&self, job: &Job, old: Option<Loc>) -> Loc {
+        self.rewrite(job, Outcome::new_job(job), old)
     }
 
-    /// Re-appends a live job with its current state (compaction, replay).
-    pub fn rewrite(&self, job: &Job, state: Outcome) -> Loc {
+    /// Re-appends a live job with its current state (compaction, replay);
+    /// its record at `old` stops counting.
+    pub fn rewrite(&self, job: &Job, state: Outcome, old: Option<Loc>) -> Loc {
         let mut inner = self.lock();
         let loc = encode_job_at(&mut inner, job, &state);
-        inner.counts.push((job.id.clone(), true, false));
+        if let Some(old) = old {
+            inner.unlive(old.seg);
+        }
         self.after_buffered(inner);
         loc
+    }
+
+    /// A replayed record the scheduler did not take (a newer send with the
+    /// same id won): it no longer keeps its segment.
+    pub fn forget(&self, at: Loc) {
+        self.lock().unlive(at.seg);
     }
 
     fn after_buffered(&self, mut inner: MutexGuard<'_, Inner>) {
@@ -555,7 +584,7 @@ impl Spool {
         self.wake.notify_one();
     }
 
-    /// Writes `buf` to the current segment and applies its count updates;
+    /// Writes `buf` to the current segment;
     /// starts a new segment when the current one is full.
     fn write_out(&self, inner: &mut Inner) -> Result<(), String> {
         if inner.buf.is_empty() {
@@ -575,32 +604,6 @@ impl Spool {
         inner.written += 1;
         self.bytes.fetch_add(n, Ordering::Relaxed);
         let current = inner.current;
-        let counts = std::mem::take(&mut inner.counts);
-        for (id, is_job, finished) in &counts {
-            if *is_job {
-                if let Some(old) = inner.latest.insert(id.clone(), current) {
-                    if let Some(i) = inner.segments.get_mut(&old) {
-                        i.live = i.live.saturating_sub(1);
-                    }
-                }
-                let i = inner.segments.entry(current).or_default();
-                i.live += 1;
-                i.records += 1;
-            } else {
-                if let Some(i) = inner.segments.get_mut(&current) {
-                    i.records += 1;
-                }
-                if *finished {
-                    if let Some(seg) = inner.latest.remove(id) {
-                        if let Some(i) = inner.segments.get_mut(&seg) {
-                            i.live = i.live.saturating_sub(1);
-                        }
-                    }
-                }
-            }
-        }
-        inner.counts = counts;
-        inner.counts.clear();
         let len = inner.len;
         if let Some(i) = inner.segments.get_mut(&current) {
             i.bytes = len;
@@ -653,7 +656,11 @@ impl Spool {
             // buffer and go out together in the next one.
             let _ = self.write_out(&mut inner);
             inner.retire.clear();
-            self.remove_finished(&mut inner);
+            // Only with every buffered record written: a segment may be free
+            // only because a copy of its job sits in the buffer.
+            if inner.buf.is_empty() {
+                self.remove_finished(&mut inner);
+            }
         }
     }
 
@@ -721,13 +728,35 @@ impl Spool {
                     info.records = *r;
                 }
             }
-            for (_, job, _, loc) in &jobs {
-                // A newer record (a send with the same id since start) wins.
-                if !inner.latest.contains_key(&job.id) {
-                    inner.latest.insert(job.id.clone(), loc.seg);
-                    let i = inner.segments.entry(loc.seg).or_default();
-                    i.live += 1;
-                    i.records = i.records.max(i.live);
+            for (_, _, _, loc) in &jobs {
+                let i = inner.segments.entry(loc.seg).or_default();
+                i.live += 1;
+                i.records = i.records.max(i.live);
+            }
+            // A file the scan could not read (bad header, unknown version,
+            // I/O error) may hold live jobs nobody counted: it must never be
+            // deleted as "finished". It is set aside as `.bad` for a person
+            // to look at (so it holds back no other segment), or pinned if
+            // even that fails.
+            for n in &segs {
+                if scan.read_ok.contains(n) {
+                    continue;
+                }
+                let path = seg_path(&self.dir, *n);
+                let bad = path.with_extension("seg.bad");
+                match std::fs::rename(&path, &bad) {
+                    Ok(()) => {
+                        warn!(segment = %path.display(), moved_to = %bad.display(), "unreadable spool segment set aside; its requests are not replayed");
+                        if let Some(i) = inner.segments.remove(n) {
+                            self.bytes.fetch_sub(i.bytes, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(segment = %path.display(), error = %e, "unreadable spool segment kept in place; older data cannot be removed until it is moved away");
+                        if let Some(i) = inner.segments.get_mut(n) {
+                            i.live += PINNED;
+                        }
+                    }
                 }
             }
             inner.loaded = true;
@@ -742,13 +771,29 @@ impl Spool {
     /// The oldest closed segment, if compacting it is worthwhile: at most a
     /// quarter of its records are live jobs, so re-appending them frees the
     /// whole file.
+    ///
+    /// Also when it holds back deletion: if the finished segments right
+    /// behind it add up to at least its size, copying its live jobs forward
+    /// frees more than it writes, whatever share of it is live (a burst of
+    /// dead letters, sends delayed by a day).
     pub fn compaction_candidate(&self) -> Option<u64> {
         let inner = self.lock();
         if inner.segments.len() < 2 || !inner.loaded {
             return None;
         }
-        let (n, info) = inner.segments.iter().next()?;
-        (info.live > 0 && info.live * 4 <= info.records).then_some(*n)
+        let mut it = inner.segments.iter();
+        let (n, info) = it.next()?;
+        if info.live == 0 || info.live >= PINNED {
+            return None;
+        }
+        if info.live * 4 <= info.records {
+            return Some(*n);
+        }
+        let freeable: u64 = it
+            .take_while(|(m, i)| **m != inner.current && i.live == 0)
+            .map(|(_, i)| i.bytes)
+            .sum();
+        (freeable >= info.bytes).then_some(*n)
     }
 
     /// The jobs recorded in segment `n` and where (for compaction).
@@ -773,14 +818,28 @@ impl Spool {
     }
 }
 
+impl Inner {
+    /// A live job's latest record left segment `seg` (finished, or copied on).
+    fn unlive(&mut self, seg: u64) {
+        if let Some(i) = self.segments.get_mut(&seg) {
+            i.live = i.live.saturating_sub(1);
+        }
+    }
+}
+
 /// Encodes a JOB record into the buffer and says where it will land: the
-/// buffer is always written whole at the end of the current segment.
+/// buffer is always written whole at the end of the current segment, whose
+/// live count it joins at once (counting early only delays a deletion).
 fn encode_job_at(inner: &mut Inner, job: &Job, o: &Outcome) -> Loc {
     let off = inner.len + inner.buf.len() as u64;
     encode_job(&mut inner.buf, job, o);
+    let current = inner.current;
+    let i = inner.segments.entry(current).or_default();
+    i.live += 1;
+    i.records += 1;
     Loc {
-        seg: inner.current,
-        off,
+        seg: current,
+        off: off as u32,
         len: (inner.len + inner.buf.len() as u64 - off) as u32,
     }
 }
@@ -990,6 +1049,8 @@ pub struct Scanner {
     /// Keep every JOB record of the scanned segments (compaction).
     collect_jobs: bool,
     jobs: Vec<(Arc<Job>, Loc)>,
+    /// Segments read to the end (damage skipped or cut, but understood).
+    read_ok: std::collections::HashSet<u64>,
     order: u64,
     seg_records: HashMap<u64, u64>,
     /// What was seen.
@@ -1004,6 +1065,7 @@ impl Scanner {
             live: HashMap::new(),
             collect_jobs: false,
             jobs: Vec::new(),
+            read_ok: Default::default(),
             order: 0,
             seg_records: HashMap::new(),
             report: ScanReport::default(),
@@ -1052,6 +1114,7 @@ impl Scanner {
             {
                 // A segment created by a crash before its header was written: nothing in it.
                 self.cut(&path, 0, data.len() as u64);
+                self.read_ok.insert(n);
                 return;
             }
             warn!(segment = %path.display(), "not an ffd spool segment (bad header); skipped");
@@ -1068,13 +1131,14 @@ impl Scanner {
                 .push(format!("{}: format version {version}", path.display()));
             return;
         }
+        self.read_ok.insert(n);
         let mut pos = HEADER_LEN as usize;
         while pos < data.len() {
             match record_at(&data, pos) {
                 Some((payload, next)) => {
                     let loc = Loc {
                         seg: n,
-                        off: pos as u64,
+                        off: pos as u32,
                         len: (next - pos) as u32,
                     };
                     match decode(payload) {

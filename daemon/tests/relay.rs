@@ -323,6 +323,20 @@ fn every_bad_input_gets_its_code_and_the_connection_keeps_working() {
         ),
         ("over-long line", long.into_bytes(), "line_too_long"),
         (
+            "over-long line in one read",
+            format!(
+                "{{\"url\":\"http://h/\",\"body\":\"{}\"}}\n",
+                "y".repeat(5000)
+            )
+            .into_bytes(),
+            "line_too_long",
+        ),
+        (
+            "delay past any ttl",
+            b"{\"url\":\"http://h/\",\"delay_ms\":18446744073709551615}\n".to_vec(),
+            "bad_request",
+        ),
+        (
             "unknown dest",
             b"{\"dest\":\"nowhere\"}\n".to_vec(),
             "unknown_dest",
@@ -352,8 +366,8 @@ fn every_bad_input_gets_its_code_and_the_connection_keeps_working() {
     sink.wait_for(cases.len(), T);
     let st = d.stats();
     assert_eq!(st["rejected"]["bad_json"], 2);
-    assert_eq!(st["rejected"]["line_too_long"], 1);
-    assert_eq!(st["rejected"]["bad_request"], 7);
+    assert_eq!(st["rejected"]["line_too_long"], 2);
+    assert_eq!(st["rejected"]["bad_request"], 8);
     d.client().ping().unwrap();
 }
 
@@ -541,6 +555,72 @@ fn duplicate_ids_are_acknowledged_once_delivered_once() {
     assert_eq!(c.send(&req).unwrap(), "order-17");
     assert_eq!(d.stats()["duplicates"], 1);
     assert_eq!(d.stats()["accepted"], 1);
+    // Twice in one pipelined batch: both acknowledged, queued once.
+    let line = format!(
+        "{{\"url\":\"{}\",\"id\":\"order-18\"}}\n",
+        sink.url("/once")
+    );
+    let answers = raw_exchange(&d, format!("{line}{line}").as_bytes());
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["ok"] == true && a["id"] == "order-18"),
+        "{answers:?}"
+    );
+    d.wait_stats("delivered", T, |s| s["delivered"] == 2);
+    assert_eq!(d.stats()["accepted"], 2);
+    assert_eq!(sink.count(), 2);
+}
+
+#[test]
+fn a_dead_host_does_not_hold_back_another() {
+    let hanging = Sink::with(|_, _| Reply::status(200).delay(Duration::from_secs(30)));
+    let good = Sink::start();
+    let d = Daemon::start(&FAST.replace("timeout_ms = 5000", "timeout_ms = 20000"));
+    let mut c = d.client();
+    let mut p = c.pipeline();
+    for i in 0..300 {
+        p.send(&Request::get(&hanging.url(&format!("/stuck/{i}"))))
+            .unwrap();
+    }
+    p.finish().unwrap();
+    hanging.wait_for(32, T);
+    let t = Instant::now();
+    c.send(&Request::get(&good.url("/fine"))).unwrap();
+    good.wait_for(1, T);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let st = d.stats();
+    assert_eq!(st["in_flight"], 32, "per-host limit: {st}");
+}
+
+#[test]
+fn a_failing_host_is_paused_instead_of_burning_attempts() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = "[delivery]\nbackoff_base_ms = 10\nbackoff_max_ms = 50\nmax_in_flight_per_host = 1\nbreaker_threshold = 3\nbreaker_cooldown_ms = 60000\n";
+    let d = Daemon::start(cfg);
+    let mut c = d.client();
+    for i in 0..10 {
+        c.send(&Request::get(&format!("http://127.0.0.1:{port}/x{i}")))
+            .unwrap();
+    }
+    let st = d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
+    let failed = st["retried"].as_u64().unwrap();
+    assert_eq!(failed, 3, "{st}");
+    // Without the breaker, 50 ms backoffs would have spent many more by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let st = d.stats();
+    assert_eq!(st["retried"].as_u64().unwrap(), failed, "{st}");
+    assert_eq!(st["queued"], 10);
+    assert!(
+        st["hosts"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("onnect"),
+        "{st}"
+    );
 }
 
 #[test]

@@ -232,6 +232,7 @@ fn torn_tail_is_cut_and_corrupt_record_skipped_rest_recovered() {
     }
     let logs = d.logs();
     assert!(logs.contains("corrupt spool record"), "{logs}");
+    assert!(!logs.contains("set aside"), "{logs}");
     assert!(logs.contains("torn record"), "{logs}");
     assert_eq!(
         std::fs::read(&seg).unwrap().len(),
@@ -345,4 +346,43 @@ fn finished_segments_are_removed_and_dead_letters_compacted() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(c.dead(None).unwrap().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_unreadable_segment_is_set_aside_never_deleted() {
+    let mut d = Daemon::start(FAST);
+    d.client()
+        .send(
+            &Request::get("http://127.0.0.1:9/x")
+                .id("keep-me")
+                .delay_ms(3_600_000),
+        )
+        .unwrap();
+    assert!(d.stop().success());
+    // An older segment whose header is not ours (a future format, or damage).
+    let alien = d.spool.join("0000000000000000.seg");
+    std::fs::write(
+        &alien,
+        b"FFDSPOOL\x09\x00\x00\x00\x00\x00\x00\x00some future records",
+    )
+    .unwrap();
+    let out = Command::new(bin("ffd"))
+        .args(["spool", "check"])
+        .arg(&d.spool)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("format version 9"));
+    d.restart();
+    d.wait_stats("replayed", T, |s| s["queued"] == 1);
+    assert!(!alien.exists());
+    assert_eq!(
+        std::fs::read(d.spool.join("0000000000000000.seg.bad"))
+            .unwrap()
+            .len(),
+        35,
+        "set aside intact"
+    );
+    assert!(d.logs().contains("set aside"), "{}", d.logs());
+    assert_eq!(d.client().status("keep-me").unwrap()["state"], "waiting");
 }

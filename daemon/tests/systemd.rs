@@ -312,12 +312,13 @@ fn exchange_as(uid: u32, gid: u32, groups: &str, sock: &Path, line: &str) -> Str
         .write_all(format!("{line}\n").as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    // Not the exit status: a refused peer's socat may fail writing to a
+    // connection ffd already closed after its one `forbidden` line.
+    format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
 }
 
 #[test]

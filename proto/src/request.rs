@@ -192,7 +192,16 @@ pub fn parse_line(line: &[u8]) -> Result<Line, ProtoError> {
             Category::Data => ErrorCode::BadRequest,
             _ => ErrorCode::BadJson,
         };
-        ProtoError::new(code, e.to_string())
+        let mut msg = e.to_string();
+        if msg.len() > 300 {
+            let mut end = 300;
+            while !msg.is_char_boundary(end) {
+                end -= 1;
+            }
+            msg.truncate(end);
+            msg.push_str("...");
+        }
+        ProtoError::new(code, msg)
     })?;
     validate(raw)
 }
@@ -312,12 +321,14 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
             let path = raw.path.unwrap_or_default();
             if !path.is_empty() && !path.starts_with('/') && !path.starts_with('?') {
                 return Err(ProtoError::bad_request(format!(
-                    "`path` must start with `/` or `?`, got {path:?}"
+                    "`path` must start with `/` or `?`, got {}",
+                    show(&path)
                 )));
             }
             if path.parse::<http::uri::PathAndQuery>().is_err() && !path.is_empty() {
                 return Err(ProtoError::bad_request(format!(
-                    "`path` is not a valid URL path: {path:?}"
+                    "`path` is not a valid URL path: {}",
+                    show(&path)
                 )));
             }
             Target::Dest { name, path }
@@ -364,7 +375,8 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
         Some(m) => {
             if m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err() {
                 return Err(ProtoError::bad_request(format!(
-                    "`method` is not an HTTP method token: {m:?}"
+                    "`method` is not an HTTP method token: {}",
+                    show(&m)
                 )));
             }
             m
@@ -414,21 +426,37 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     })
 }
 
+/// A user's value quoted in an error message, cut short: answers stay small
+/// (a pipelining client relies on that), whatever the line held.
+fn show(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return format!("{s:?}");
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
+
 /// Checks that `url` is an absolute `http` or `https` URL with a host.
 pub fn validate_url(url: &str) -> Result<http::Uri, ProtoError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| ProtoError::bad_request(format!("`url` is not a valid URL ({e}): {url:?}")))?;
+    let uri: http::Uri = url.parse().map_err(|e| {
+        ProtoError::bad_request(format!("`url` is not a valid URL ({e}): {}", show(url)))
+    })?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         Some(other) => {
             return Err(ProtoError::bad_request(format!(
-                "`url` scheme must be http or https, got {other:?}"
+                "`url` scheme must be http or https, got {}",
+                show(other)
             )))
         }
         None => {
             return Err(ProtoError::bad_request(format!(
-                "`url` must be absolute (http://... or https://...), got {url:?}"
+                "`url` must be absolute (http://... or https://...), got {}",
+                show(url)
             )))
         }
     }
@@ -436,7 +464,8 @@ pub fn validate_url(url: &str) -> Result<http::Uri, ProtoError> {
         Some(h) if !h.is_empty() => {}
         _ => {
             return Err(ProtoError::bad_request(format!(
-                "`url` has no host: {url:?}"
+                "`url` has no host: {}",
+                show(url)
             )))
         }
     }
@@ -458,7 +487,8 @@ fn validate_dest_name(name: &str) -> Result<(), ProtoError> {
         Ok(())
     } else {
         Err(ProtoError::bad_request(format!(
-            "`dest` must be 1-64 characters of [A-Za-z0-9_.-], got {name:?}"
+            "`dest` must be 1-64 characters of [A-Za-z0-9_.-], got {}",
+            show(name)
         )))
     }
 }
@@ -468,7 +498,8 @@ fn validate_dest_name(name: &str) -> Result<(), ProtoError> {
 pub fn validate_id(id: &str) -> Result<(), ProtoError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ProtoError::bad_request(format!(
-            "`id` must be 1-{MAX_ID_BYTES} visible ASCII characters (no spaces), got {id:?}"
+            "`id` must be 1-{MAX_ID_BYTES} visible ASCII characters (no spaces), got {}",
+            show(id)
         )));
     }
     Ok(())
@@ -476,7 +507,7 @@ pub fn validate_id(id: &str) -> Result<(), ProtoError> {
 
 fn validate_header(name: String, value: String) -> Result<(String, String), ProtoError> {
     let hn = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-        ProtoError::bad_request(format!("header name is not a valid token: {name:?}"))
+        ProtoError::bad_request(format!("header name is not a valid token: {}", show(&name)))
     })?;
     let lower = hn.as_str();
     if HOP_BY_HOP.contains(&lower) {
