@@ -26,7 +26,7 @@ fn gen() -> &'static Gen {
 }
 
 /// A new id for a request accepted at `now_ms` (Unix milliseconds).
-pub fn new_id(now_ms: u64) -> String {
+pub fn new_id(now_ms: u64) -> std::sync::Arc<str> {
     let g = gen();
     // Never go back in time within one process, so ids stay sorted even if the clock steps back.
     let ms = g.last_ms.fetch_max(now_ms, Ordering::Relaxed).max(now_ms);
@@ -43,7 +43,7 @@ pub fn new_id(now_ms: u64) -> String {
         };
         *slot = ALPHABET[idx as usize];
     }
-    String::from_utf8(out.to_vec()).expect("alphabet is ASCII")
+    std::str::from_utf8(&out).expect("alphabet is ASCII").into()
 }
 
 #[cfg(test)]
@@ -52,7 +52,7 @@ mod tests {
 
     #[test]
     fn sorted_and_unique() {
-        let ids: Vec<String> = (0..1000)
+        let ids: Vec<std::sync::Arc<str>> = (0..1000)
             .map(|i| new_id(1_700_000_000_000 + i / 100))
             .collect();
         for w in ids.windows(2) {

@@ -877,6 +877,15 @@ fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     put_u32(b, v.len() as u32);
     b.extend_from_slice(v);
 }
+/// A length-prefixed Display value, formatted in place (no String).
+fn put_display(b: &mut Vec<u8>, v: &impl std::fmt::Display) {
+    let at = b.len();
+    b.extend_from_slice(&[0; 4]);
+    let _ = write!(b, "{v}");
+    let len = (b.len() - at - 4) as u32;
+    b[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 fn put_opt_str(b: &mut Vec<u8>, v: Option<&str>) {
     match v {
         Some(s) => {
@@ -913,7 +922,7 @@ fn encode_job(buf: &mut Vec<u8>, job: &Job, o: &Outcome) {
         b.push(REC_JOB);
         put_bytes(b, job.id.as_bytes());
         put_bytes(b, job.method.as_str().as_bytes());
-        put_bytes(b, job.uri.to_string().as_bytes());
+        put_display(b, &job.uri);
         put_u32(b, job.headers.len() as u32);
         for (k, v) in &job.headers {
             put_bytes(b, k.as_str().as_bytes());

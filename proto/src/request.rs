@@ -35,6 +35,9 @@ pub const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// One parsed and validated line.
+// Sends are nearly every line and ops are rare: boxing the big variant would
+// cost an allocation per send to save stack space nobody misses.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     /// A request to deliver.
@@ -46,8 +49,8 @@ pub enum Line {
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// An absolute `http` or `https` URL.
-    Url(String),
+    /// An absolute `http` or `https` URL, parsed once here.
+    Url(http::Uri),
     /// A destination named in the daemon's config, plus a path appended to its base URL.
     Dest {
         /// The destination's name.
@@ -67,7 +70,7 @@ pub struct SendRequest {
     /// Where to deliver.
     pub target: Target,
     /// Header names (lower-cased) and values, in order; repeats allowed.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The body bytes (empty when none was given).
     pub body: Vec<u8>,
     /// Per-attempt timeout.
@@ -313,8 +316,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
                     "field `path` goes with `dest`; with `url`, put the path in the URL",
                 ));
             }
-            validate_url(&url)?;
-            Target::Url(url)
+            Target::Url(validate_url(&url)?)
         }
         (None, Some(name)) => {
             validate_dest_name(&name)?;
@@ -364,7 +366,10 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
             })?
     } else if let Some(json) = raw.json {
         if !headers.iter().any(|(n, _)| n == "content-type") {
-            headers.push(("content-type".into(), "application/json".into()));
+            headers.push((
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            ));
         }
         json.get().as_bytes().to_vec()
     } else {
@@ -505,28 +510,36 @@ pub fn validate_id(id: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
-fn validate_header(name: String, value: String) -> Result<(String, String), ProtoError> {
+fn validate_header(
+    name: String,
+    value: String,
+) -> Result<(http::HeaderName, http::HeaderValue), ProtoError> {
     let hn = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
         ProtoError::bad_request(format!("header name is not a valid token: {}", show(&name)))
     })?;
-    let lower = hn.as_str();
-    if HOP_BY_HOP.contains(&lower) {
+    if HOP_BY_HOP.contains(&hn.as_str()) {
         return Err(ProtoError::bad_request(format!(
-            "header `{lower}` is hop-by-hop or computed by ffd and cannot be set"
+            "header `{}` is hop-by-hop or computed by ffd and cannot be set",
+            hn.as_str()
         )));
     }
-    if http::HeaderValue::from_str(&value).is_err() {
+    let hv = http::HeaderValue::try_from(value).map_err(|_| {
         // Never echo the value: it may be a secret.
-        return Err(ProtoError::bad_request(format!(
-            "value of header `{lower}` holds a control character (CR, LF, NUL...)"
-        )));
-    }
-    Ok((lower.to_string(), value))
+        ProtoError::bad_request(format!(
+            "value of header `{}` holds a control character (CR, LF, NUL...)",
+            hn.as_str()
+        ))
+    })?;
+    Ok((hn, hv))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn h(k: &str, v: &str) -> (http::HeaderName, http::HeaderValue) {
+        (k.parse().unwrap(), v.parse().unwrap())
+    }
 
     fn err(line: &str) -> ProtoError {
         parse_line(line.as_bytes()).expect_err(line)
@@ -543,7 +556,10 @@ mod tests {
     fn minimal_send_defaults_to_get() {
         let s = send(r#"{"url":"http://example.com/x?y=1"}"#);
         assert_eq!(s.method, "GET");
-        assert_eq!(s.target, Target::Url("http://example.com/x?y=1".into()));
+        assert_eq!(
+            s.target,
+            Target::Url("http://example.com/x?y=1".parse().unwrap())
+        );
         assert!(s.body.is_empty());
     }
 
@@ -558,29 +574,17 @@ mod tests {
     fn json_body_is_sent_verbatim_with_content_type() {
         let s = send(r#"{"url":"http://h/","json":{"a": [1, 2]}}"#);
         assert_eq!(s.body, br#"{"a": [1, 2]}"#);
-        assert_eq!(
-            s.headers,
-            vec![("content-type".into(), "application/json".into())]
-        );
+        assert_eq!(s.headers, vec![h("content-type", "application/json")]);
         let s = send(r#"{"url":"http://h/","json":1,"headers":{"Content-Type":"application/x"}}"#);
-        assert_eq!(
-            s.headers,
-            vec![("content-type".into(), "application/x".into())]
-        );
+        assert_eq!(s.headers, vec![h("content-type", "application/x")]);
     }
 
     #[test]
     fn headers_as_object_or_pairs() {
         let s = send(r#"{"url":"http://h/","headers":{"X-A":"1","x-b":"2"}}"#);
-        assert_eq!(
-            s.headers,
-            vec![("x-a".into(), "1".into()), ("x-b".into(), "2".into())]
-        );
+        assert_eq!(s.headers, vec![h("x-a", "1"), h("x-b", "2")]);
         let s = send(r#"{"url":"http://h/","headers":[["X-A","1"],["x-a","2"]]}"#);
-        assert_eq!(
-            s.headers,
-            vec![("x-a".into(), "1".into()), ("x-a".into(), "2".into())]
-        );
+        assert_eq!(s.headers, vec![h("x-a", "1"), h("x-a", "2")]);
     }
 
     #[test]
