@@ -17,7 +17,7 @@ use crate::retry::{Backoff, Verdict};
 use crate::spool::{Kind, Loc, Outcome, Spool};
 use bytes::Bytes;
 use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
-use http::{HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{json, Value};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -362,8 +362,7 @@ impl Engine {
                 })?
             }
         };
-        let method = Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "bad method"))?;
+        let method = req.method;
         let id: Arc<str> = match req.id {
             Some(id) => id.into(),
             None => crate::id::new_id(now),
@@ -532,44 +531,46 @@ impl Engine {
                 "ffd is shutting down and accepts no new requests",
             ));
         }
-        if let Some(e) = st.entries.get(&job.id) {
-            if !e.committed {
-                return Ok(Reserve::Pending);
-            }
-            st.counters.duplicates += 1;
-            return Ok(Reserve::Known);
-        }
         let used = match &self.spool {
             Some(s) => s.bytes(),
             None => st.bytes,
+        };
+        let host = st.host_for(&job.uri);
+        let st = &mut *st;
+        // One hash of the id for the whole check-and-insert.
+        let slot = match st.entries.entry(job.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                if !e.get().committed {
+                    return Ok(Reserve::Pending);
+                }
+                st.counters.duplicates += 1;
+                return Ok(Reserve::Known);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v,
         };
         if used + bytes > self.max_bytes {
             return Ok(Reserve::Full);
         }
         st.bytes += bytes;
-        let host = st.host_for(&job.uri);
-        st.entries.insert(
-            job.id.clone(),
-            Entry {
-                job: JobRef::Mem(job.clone()),
-                committed: false,
-                host,
-                max_attempts: job.max_attempts,
-                expires_ms: job.expires_ms,
-                // Not queued until committed: an entry in this phase with no
-                // timer and no queue slot is invisible to the dispatcher.
-                phase: Phase::Waiting,
-                attempts: 0,
-                next_ms: u64::MAX,
-                accepted_ms: job.accepted_ms,
-                finished_ms: 0,
-                bytes,
-                last_status: None,
-                last_error: None,
-                snippet: None,
-                dead_seq: 0,
-            },
-        );
+        slot.insert(Entry {
+            job: JobRef::Mem(job.clone()),
+            committed: false,
+            host,
+            max_attempts: job.max_attempts,
+            expires_ms: job.expires_ms,
+            // Not queued until committed: an entry in this phase with no
+            // timer and no queue slot is invisible to the dispatcher.
+            phase: Phase::Waiting,
+            attempts: 0,
+            next_ms: u64::MAX,
+            accepted_ms: job.accepted_ms,
+            finished_ms: 0,
+            bytes,
+            last_status: None,
+            last_error: None,
+            snippet: None,
+            dead_seq: 0,
+        });
         Ok(Reserve::Reserved)
     }
 
@@ -1067,6 +1068,32 @@ fn entry_json(id: &str, e: &Entry, st: &State) -> Value {
     })
 }
 
+/// Puts an entry in its host's queue (due now) or on the timer heap.
+fn place(
+    e: &mut Entry,
+    id: &Arc<str>,
+    at: u64,
+    retry: bool,
+    now: u64,
+    hosts: &mut [Host],
+    timers: &mut BinaryHeap<Reverse<(u64, Timer)>>,
+) {
+    if at <= now {
+        e.phase = Phase::Queued;
+        e.next_ms = u64::MAX;
+        let h = &mut hosts[e.host as usize];
+        if retry {
+            h.retry.push_back(id.clone());
+        } else {
+            h.fresh.push_back(id.clone());
+        }
+    } else {
+        e.phase = Phase::Waiting;
+        e.next_ms = at;
+        timers.push(Reverse((at, Timer::Entry(id.clone()))));
+    }
+}
+
 impl State {
     fn host_for(&mut self, uri: &Uri) -> u32 {
         // Batches mostly go to one host: skip building the key for a repeat.
@@ -1125,28 +1152,29 @@ impl State {
         let host = e.host as usize;
         self.pending += 1;
         self.hosts[host].pending += 1;
-        self.schedule(&job.id, job.not_before_ms, false);
+        place(
+            e,
+            &job.id,
+            job.not_before_ms,
+            false,
+            now_ms(),
+            &mut self.hosts,
+            &mut self.timers,
+        );
     }
 
     /// Queues an entry at `at` (now or later); `retry` picks the retry queue.
     fn schedule(&mut self, id: &Arc<str>, at: u64, retry: bool) {
-        let now = now_ms();
-        let Some(e) = self.entries.get_mut(id) else {
-            return;
-        };
-        if at <= now {
-            e.phase = Phase::Queued;
-            e.next_ms = u64::MAX;
-            let h = &mut self.hosts[e.host as usize];
-            if retry {
-                h.retry.push_back(id.clone());
-            } else {
-                h.fresh.push_back(id.clone());
-            }
-        } else {
-            e.phase = Phase::Waiting;
-            e.next_ms = at;
-            self.timers.push(Reverse((at, Timer::Entry(id.clone()))));
+        if let Some(e) = self.entries.get_mut(id) {
+            place(
+                e,
+                id,
+                at,
+                retry,
+                now_ms(),
+                &mut self.hosts,
+                &mut self.timers,
+            );
         }
     }
 

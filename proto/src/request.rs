@@ -65,8 +65,8 @@ pub enum Target {
 pub struct SendRequest {
     /// The caller's id (idempotency key), if given.
     pub id: Option<String>,
-    /// HTTP method token, as given (methods are case-sensitive).
-    pub method: String,
+    /// HTTP method, as given (methods are case-sensitive).
+    pub method: http::Method,
     /// Where to deliver.
     pub target: Target,
     /// Header names (lower-cased) and values, in order; repeats allowed.
@@ -316,7 +316,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
                     "field `path` goes with `dest`; with `url`, put the path in the URL",
                 ));
             }
-            Target::Url(validate_url(&url)?)
+            Target::Url(validate_url_owned(url)?)
         }
         (None, Some(name)) => {
             validate_dest_name(&name)?;
@@ -377,17 +377,17 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     };
 
     let method = match raw.method {
-        Some(m) => {
-            if m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err() {
+        Some(m) => match http::Method::from_bytes(m.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => {
                 return Err(ProtoError::bad_request(format!(
                     "`method` is not an HTTP method token: {}",
                     show(&m)
-                )));
+                )))
             }
-            m
-        }
-        None if has_body => "POST".to_string(),
-        None => "GET".to_string(),
+        },
+        None if has_body => http::Method::POST,
+        None => http::Method::GET,
     };
 
     if let Some(id) = &raw.id {
@@ -450,6 +450,23 @@ pub fn validate_url(url: &str) -> Result<http::Uri, ProtoError> {
     let uri: http::Uri = url.parse().map_err(|e| {
         ProtoError::bad_request(format!("`url` is not a valid URL ({e}): {}", show(url)))
     })?;
+    check_uri(uri, url)
+}
+
+/// As [`validate_url`], taking the String: the URI keeps its bytes, no copy.
+fn validate_url_owned(url: String) -> Result<http::Uri, ProtoError> {
+    let bytes = bytes::Bytes::from(url);
+    let text = |b: &bytes::Bytes| std::str::from_utf8(b).unwrap_or("").to_string();
+    let uri = http::Uri::from_maybe_shared(bytes.clone()).map_err(|e| {
+        ProtoError::bad_request(format!(
+            "`url` is not a valid URL ({e}): {}",
+            show(&text(&bytes))
+        ))
+    })?;
+    check_uri(uri, std::str::from_utf8(&bytes).unwrap_or(""))
+}
+
+fn check_uri(uri: http::Uri, url: &str) -> Result<http::Uri, ProtoError> {
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         Some(other) => {
@@ -555,7 +572,7 @@ mod tests {
     #[test]
     fn minimal_send_defaults_to_get() {
         let s = send(r#"{"url":"http://example.com/x?y=1"}"#);
-        assert_eq!(s.method, "GET");
+        assert_eq!(s.method, http::Method::GET);
         assert_eq!(
             s.target,
             Target::Url("http://example.com/x?y=1".parse().unwrap())
@@ -566,7 +583,7 @@ mod tests {
     #[test]
     fn body_defaults_to_post_and_crlf_is_accepted() {
         let s = send("{\"url\":\"https://h/\",\"body\":\"hi\"}\r");
-        assert_eq!(s.method, "POST");
+        assert_eq!(s.method, http::Method::POST);
         assert_eq!(s.body, b"hi");
     }
 
