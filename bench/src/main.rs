@@ -56,6 +56,8 @@ impl Sizes {
 
 struct Opts {
     smoke: bool,
+    /// Run only these sections (1-6); empty: all.
+    only: Vec<u32>,
     ffd: PathBuf,
     ffclient: PathBuf,
     out: PathBuf,
@@ -65,6 +67,7 @@ struct Opts {
 fn parse_args() -> Opts {
     let mut o = Opts {
         smoke: false,
+        only: Vec::new(),
         ffd: "target/release/ffd".into(),
         ffclient: "target/release/ffclient".into(),
         out: "bench/RESULTS.md".into(),
@@ -78,6 +81,16 @@ fn parse_args() -> Opts {
             "--ffd" => o.ffd = val().into(),
             "--ffclient" => o.ffclient = val().into(),
             "--out" => o.out = val().into(),
+            "--only" => {
+                o.only = val()
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .expect("--only takes section numbers, e.g. 1,3")
+                    })
+                    .collect()
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -484,321 +497,343 @@ fn main() {
         o.dir.display()
     );
 
-    // 1. ACK round trip, same CPU for both ends.
-    eprintln!("1. ACK round trip (client and server on CPU 0)");
     let hold = ",\"delay_ms\":3600000";
     let line = send_line(&sink.url("/ack"), hold);
-    let floor_path = o.dir.join("floor.sock");
-    floor_server(&floor_path, Some(0));
-    pin_to(0);
-    let mut floor_p = (vec![], vec![], vec![]);
-    for _ in 0..sizes.repeat {
-        let mut l = pingpong(&floor_path, &line, sizes.ack_n);
-        floor_p.0.push(pct(&mut l, 0.5));
-        floor_p.1.push(pct(&mut l, 0.99));
-        floor_p.2.push(pct(&mut l, 0.999));
-    }
-    let floor = (median(floor_p.0), median(floor_p.1), median(floor_p.2));
-    rows.push(row(
-        "ack",
-        "floor: bare socket ping-pong + JSON parse, p50 / p99 / p999",
-        format!("{} / {} / {}", us(floor.0), us(floor.1), us(floor.2)),
-        "",
-        "",
-        "",
-    ));
-    for (mode, args) in [
-        ("never", &["--fsync", "never"][..]),
-        ("always", &["--fsync", "always"][..]),
-        ("memory", &["--memory"][..]),
-    ] {
-        let mut p = (vec![], vec![], vec![]);
-        for r in 0..sizes.repeat {
-            let f = start_ffd(&o, &format!("ack-{mode}-{r}"), "", args, Some(0));
-            let _ = pingpong(&f.socket, &line, 200); // warm up
-            let mut l = pingpong(&f.socket, &line, sizes.ack_n);
-            p.0.push(pct(&mut l, 0.5));
-            p.1.push(pct(&mut l, 0.99));
-            p.2.push(pct(&mut l, 0.999));
-            f.stop();
+    let conc = 64;
+    let dcfg = format!("[delivery]\nmax_in_flight = 256\nmax_in_flight_per_host = {conc}\n");
+    let mut delivered = f64::NAN;
+
+    // 1. ACK round trip, same CPU for both ends.
+    let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    if run(1) {
+        eprintln!("1. ACK round trip (client and server on CPU 0)");
+        let floor_path = o.dir.join("floor.sock");
+        floor_server(&floor_path, Some(0));
+        pin_to(0);
+        let mut floor_p = (vec![], vec![], vec![]);
+        for _ in 0..sizes.repeat {
+            let mut l = pingpong(&floor_path, &line, sizes.ack_n);
+            floor_p.0.push(pct(&mut l, 0.5));
+            floor_p.1.push(pct(&mut l, 0.99));
+            floor_p.2.push(pct(&mut l, 0.999));
         }
-        let m = (median(p.0), median(p.1), median(p.2));
-        let goal = if mode == "never" {
-            format!("p99 ≤ 2× floor: {}", met(m.1 <= 2.0 * floor.1))
-        } else {
-            String::new()
-        };
+        let floor = (median(floor_p.0), median(floor_p.1), median(floor_p.2));
         rows.push(row(
             "ack",
-            format!("ffd ACK, spool {mode}, p50 / p99 / p999"),
-            format!("{} / {} / {}", us(m.0), us(m.1), us(m.2)),
-            format!("floor {} / {} / {}", us(floor.0), us(floor.1), us(floor.2)),
-            format!("{:.2}× / {:.2}×", m.0 / floor.0, m.1 / floor.1),
-            goal,
+            "floor: bare socket ping-pong + JSON parse, p50 / p99 / p999",
+            format!("{} / {} / {}", us(floor.0), us(floor.1), us(floor.2)),
+            "",
+            "",
+            "",
         ));
-    }
-    unpin();
-
-    // 2. Ingest, pipelined.
-    eprintln!("2. ingest, pipelined");
-    let floor_ingest = o.dir.join("floor-ingest.sock");
-    floor_server(&floor_ingest, None);
-    for conns in [1, 8] {
-        let fl = median(
-            (0..sizes.repeat)
-                .map(|_| ingest(&floor_ingest, &line, sizes.ingest_n, conns))
-                .collect(),
-        );
         for (mode, args) in [
             ("never", &["--fsync", "never"][..]),
+            ("always", &["--fsync", "always"][..]),
             ("memory", &["--memory"][..]),
         ] {
-            let v = median(
+            let mut p = (vec![], vec![], vec![]);
+            for r in 0..sizes.repeat {
+                let f = start_ffd(&o, &format!("ack-{mode}-{r}"), "", args, Some(0));
+                let _ = pingpong(&f.socket, &line, 200); // warm up
+                let mut l = pingpong(&f.socket, &line, sizes.ack_n);
+                p.0.push(pct(&mut l, 0.5));
+                p.1.push(pct(&mut l, 0.99));
+                p.2.push(pct(&mut l, 0.999));
+                f.stop();
+            }
+            let m = (median(p.0), median(p.1), median(p.2));
+            let goal = if mode == "never" {
+                format!("p99 ≤ 2× floor: {}", met(m.1 <= 2.0 * floor.1))
+            } else {
+                String::new()
+            };
+            rows.push(row(
+                "ack",
+                format!("ffd ACK, spool {mode}, p50 / p99 / p999"),
+                format!("{} / {} / {}", us(m.0), us(m.1), us(m.2)),
+                format!("floor {} / {} / {}", us(floor.0), us(floor.1), us(floor.2)),
+                format!("{:.2}× / {:.2}×", m.0 / floor.0, m.1 / floor.1),
+                goal,
+            ));
+        }
+        unpin();
+    }
+
+    // 2. Ingest, pipelined.
+    let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    if run(2) {
+        eprintln!("2. ingest, pipelined");
+        let floor_ingest = o.dir.join("floor-ingest.sock");
+        floor_server(&floor_ingest, None);
+        for conns in [1, 8] {
+            let fl = median(
                 (0..sizes.repeat)
-                    .map(|r| {
-                        let f = start_ffd(
-                            &o,
-                            &format!("ingest-{mode}-{conns}-{r}"),
-                            "[spool]\nmax_bytes = 4294967296\n",
-                            args,
-                            None,
-                        );
-                        let v = ingest(&f.socket, &line, sizes.ingest_n, conns);
-                        f.stop();
-                        v
-                    })
+                    .map(|_| ingest(&floor_ingest, &line, sizes.ingest_n, conns))
                     .collect(),
             );
-            rows.push(row(
-                "ingest",
-                format!("ingest, {conns} connection(s), spool {mode}"),
-                rate(v),
-                format!("floor {}", rate(fl)),
-                format!("{:.2}×", v / fl),
-                if mode == "never" {
-                    format!("≥ 0.5× floor: {}", met(v >= 0.5 * fl))
-                } else {
-                    String::new()
-                },
-            ));
+            for (mode, args) in [
+                ("never", &["--fsync", "never"][..]),
+                ("memory", &["--memory"][..]),
+            ] {
+                let v = median(
+                    (0..sizes.repeat)
+                        .map(|r| {
+                            let f = start_ffd(
+                                &o,
+                                &format!("ingest-{mode}-{conns}-{r}"),
+                                "[spool]\nmax_bytes = 4294967296\n",
+                                args,
+                                None,
+                            );
+                            let v = ingest(&f.socket, &line, sizes.ingest_n, conns);
+                            f.stop();
+                            v
+                        })
+                        .collect(),
+                );
+                rows.push(row(
+                    "ingest",
+                    format!("ingest, {conns} connection(s), spool {mode}"),
+                    rate(v),
+                    format!("floor {}", rate(fl)),
+                    format!("{:.2}×", v / fl),
+                    if mode == "never" {
+                        format!("≥ 0.5× floor: {}", met(v >= 0.5 * fl))
+                    } else {
+                        String::new()
+                    },
+                ));
+            }
         }
     }
 
     // 3. Delivered rate.
-    eprintln!("3. delivered requests per second");
-    let conc = 64;
-    let dcfg = format!("[delivery]\nmax_in_flight = 256\nmax_in_flight_per_host = {conc}\n");
-    let ceiling = median(
-        (0..sizes.repeat)
-            .map(|_| plain_hyper(&sink, sizes.deliver_n, conc))
-            .collect(),
-    );
-    let mut deliver_runs = Vec::new();
-    for r in 0..sizes.repeat {
-        let f = start_ffd(&o, &format!("deliver-{r}"), &dcfg, &[], None);
-        let line = send_line(&sink.url("/deliver"), "");
-        let base = sink.count();
-        let t = Instant::now();
-        ingest(&f.socket, &line, sizes.deliver_n, 1);
-        let d = sink
-            .wait_until(base + sizes.deliver_n as u64, t, Duration::from_secs(300))
-            .expect("delivered");
-        deliver_runs.push(sizes.deliver_n as f64 / d.as_secs_f64());
-        f.stop();
-    }
-    let delivered = median(deliver_runs);
-    rows.push(row(
-        "deliver",
-        format!("delivered to a hyper server, {conc} in flight"),
-        rate(delivered),
-        format!("plain hyper-util pool {}", rate(ceiling)),
-        format!("{:.2}×", delivered / ceiling),
-        format!("≥ 0.8× ceiling: {}", met(delivered >= 0.8 * ceiling)),
-    ));
-    if let Some(w) = wrk(&sink.url("/wrk"), conc, o.smoke) {
+    let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    if run(3) {
+        eprintln!("3. delivered requests per second");
+        let ceiling = median(
+            (0..sizes.repeat)
+                .map(|_| plain_hyper(&sink, sizes.deliver_n, conc))
+                .collect(),
+        );
+        let mut deliver_runs = Vec::new();
+        for r in 0..sizes.repeat {
+            let f = start_ffd(&o, &format!("deliver-{r}"), &dcfg, &[], None);
+            let line = send_line(&sink.url("/deliver"), "");
+            let base = sink.count();
+            let t = Instant::now();
+            ingest(&f.socket, &line, sizes.deliver_n, 1);
+            let d = sink
+                .wait_until(base + sizes.deliver_n as u64, t, Duration::from_secs(300))
+                .expect("delivered");
+            deliver_runs.push(sizes.deliver_n as f64 / d.as_secs_f64());
+            f.stop();
+        }
+        delivered = median(deliver_runs);
         rows.push(row(
             "deliver",
-            format!("wrk on the same server, {conc} connections"),
+            format!("delivered to a hyper server, {conc} in flight"),
             rate(delivered),
-            format!("wrk {}", rate(w)),
-            format!("{:.2}×", delivered / w),
-            "",
+            format!("plain hyper-util pool {}", rate(ceiling)),
+            format!("{:.2}×", delivered / ceiling),
+            format!("≥ 0.8× ceiling: {}", met(delivered >= 0.8 * ceiling)),
         ));
+        if let Some(w) = wrk(&sink.url("/wrk"), conc, o.smoke) {
+            rows.push(row(
+                "deliver",
+                format!("wrk on the same server, {conc} connections"),
+                rate(delivered),
+                format!("wrk {}", rate(w)),
+                format!("{:.2}×", delivered / w),
+                "",
+            ));
+        }
     }
 
     // 4. The recipes ffd replaces.
-    eprintln!("4. recipes, {} requests each", sizes.recipe_n);
-    let f = start_ffd(&o, "recipes", &dcfg, &[], None);
-    let mut recipe_rows = recipes(&o, &sink, &f, sizes.recipe_n);
-    f.stop();
-    let fastest_python = recipe_rows
-        .iter()
-        .filter(|r| r.0.starts_with("python") || r.0.starts_with("bash"))
-        .map(|r| sizes.recipe_n as f64 / r.3)
-        .fold(0.0, f64::max);
-    let min_blocked_peer = recipe_rows
-        .iter()
-        .filter(|r| !r.0.starts_with("ffd"))
-        .map(|r| r.1)
-        .fold(f64::INFINITY, f64::min);
-    for (name, p50, p99, total) in recipe_rows.drain(..) {
-        let is_ffd = name.starts_with("ffd");
-        let goal = if is_ffd {
-            format!(
-                "blocked p50 < every recipe's ({}): {}",
-                us(min_blocked_peer),
-                met(p50 < min_blocked_peer)
-            )
-        } else {
-            String::new()
-        };
-        rows.push(row(
-            "recipes",
-            name,
-            format!("{} / {}", us(p50), us(p99)),
-            secs(total),
-            rate(sizes.recipe_n as f64 / total),
-            goal,
-        ));
+    let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    if run(4) {
+        eprintln!("4. recipes, {} requests each", sizes.recipe_n);
+        let f = start_ffd(&o, "recipes", &dcfg, &[], None);
+        let mut recipe_rows = recipes(&o, &sink, &f, sizes.recipe_n);
+        f.stop();
+        let fastest_python = recipe_rows
+            .iter()
+            .filter(|r| r.0.starts_with("python") || r.0.starts_with("bash"))
+            .map(|r| sizes.recipe_n as f64 / r.3)
+            .fold(0.0, f64::max);
+        let min_blocked_peer = recipe_rows
+            .iter()
+            .filter(|r| !r.0.starts_with("ffd"))
+            .map(|r| r.1)
+            .fold(f64::INFINITY, f64::min);
+        for (name, p50, p99, total) in recipe_rows.drain(..) {
+            let is_ffd = name.starts_with("ffd");
+            let goal = if is_ffd {
+                format!(
+                    "blocked p50 < every recipe's ({}): {}",
+                    us(min_blocked_peer),
+                    met(p50 < min_blocked_peer)
+                )
+            } else {
+                String::new()
+            };
+            rows.push(row(
+                "recipes",
+                name,
+                format!("{} / {}", us(p50), us(p99)),
+                secs(total),
+                rate(sizes.recipe_n as f64 / total),
+                goal,
+            ));
+        }
+        if delivered.is_finite() {
+            rows.push(row(
+                "recipes",
+                "ffd delivered rate vs fastest Python/bash recipe",
+                rate(delivered),
+                rate(fastest_python),
+                format!("{:.1}×", delivered / fastest_python),
+                format!("≥ 10×: {}", met(delivered >= 10.0 * fastest_python)),
+            ));
+        }
     }
-    rows.push(row(
-        "recipes",
-        "ffd delivered rate vs fastest Python/bash recipe",
-        rate(delivered),
-        rate(fastest_python),
-        format!("{:.1}×", delivered / fastest_python),
-        format!("≥ 10×: {}", met(delivered >= 10.0 * fastest_python)),
-    ));
 
     // 5. Slow server.
-    eprintln!("5. slow server (200 ms per response)");
-    let f = start_ffd(
-        &o,
-        "slow",
-        "[delivery]\nmax_in_flight = 512\nmax_in_flight_per_host = 256\n",
-        &[],
-        None,
-    );
-    let base = sink.count();
-    let t = Instant::now();
-    let mut c = ffclient::Client::connect(&f.socket).unwrap();
-    let mut p = c.pipeline();
-    let url = sink.url("/slow");
-    for _ in 0..sizes.slow_n {
-        p.send_line(&send_line(&url, "")).unwrap();
+    let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    if run(5) {
+        eprintln!("5. slow server (200 ms per response)");
+        let f = start_ffd(
+            &o,
+            "slow",
+            "[delivery]\nmax_in_flight = 512\nmax_in_flight_per_host = 256\n",
+            &[],
+            None,
+        );
+        let base = sink.count();
+        let t = Instant::now();
+        let mut c = ffclient::Client::connect(&f.socket).unwrap();
+        let mut p = c.pipeline();
+        let url = sink.url("/slow");
+        for _ in 0..sizes.slow_n {
+            p.send_line(&send_line(&url, "")).unwrap();
+        }
+        p.finish().unwrap();
+        let handed = t.elapsed();
+        let all = sink
+            .wait_until(base + sizes.slow_n as u64, t, Duration::from_secs(600))
+            .expect("slow delivered");
+        rows.push(row(
+            "slow",
+            format!("hand over {} requests (pipelined)", sizes.slow_n),
+            secs(handed.as_secs_f64()),
+            "",
+            "",
+            "",
+        ));
+        rows.push(row(
+            "slow",
+            format!("all {} delivered, 256 in flight", sizes.slow_n),
+            secs(all.as_secs_f64()),
+            format!(
+                "ideal {} (n × 0.2 s / 256)",
+                secs(sizes.slow_n as f64 * 0.2 / 256.0)
+            ),
+            format!(
+                "{:.2}×",
+                all.as_secs_f64() / (sizes.slow_n as f64 * 0.2 / 256.0)
+            ),
+            "",
+        ));
+        f.stop();
     }
-    p.finish().unwrap();
-    let handed = t.elapsed();
-    let all = sink
-        .wait_until(base + sizes.slow_n as u64, t, Duration::from_secs(600))
-        .expect("slow delivered");
-    rows.push(row(
-        "slow",
-        format!("hand over {} requests (pipelined)", sizes.slow_n),
-        secs(handed.as_secs_f64()),
-        "",
-        "",
-        "",
-    ));
-    rows.push(row(
-        "slow",
-        format!("all {} delivered, 256 in flight", sizes.slow_n),
-        secs(all.as_secs_f64()),
-        format!(
-            "ideal {} (n × 0.2 s / 256)",
-            secs(sizes.slow_n as f64 * 0.2 / 256.0)
-        ),
-        format!(
-            "{:.2}×",
-            all.as_secs_f64() / (sizes.slow_n as f64 * 0.2 / 256.0)
-        ),
-        "",
-    ));
-    f.stop();
 
     // 6. Memory and disk.
-    eprintln!("6. memory and disk");
-    let f = start_ffd(&o, "idle", "", &[], None);
-    let _ = ffclient::Client::connect(&f.socket).unwrap().ping();
-    std::thread::sleep(Duration::from_millis(300));
-    let (idle, _) = f.rss_kib();
-    rows.push(row(
-        "memory",
-        "idle RSS",
-        format!("{:.1} MiB", idle as f64 / 1024.0),
-        "",
-        "",
-        format!("≤ 10 MiB: {}", met(idle <= 10 * 1024)),
-    ));
-    f.stop();
-    let dir = o.dir.join("backlog");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = "[spool]\nmax_bytes = 8589934592\n";
-    let f = start_ffd_in(&o, &dir, cfg, &[], None);
-    let down = send_line("http://127.0.0.1:1/down", "");
-    let t = Instant::now();
-    ingest(&f.socket, &down, sizes.backlog_n, 4);
-    let ingest_s = t.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(500));
-    let (rss, hwm) = f.rss_kib();
-    let spool_bytes = dir_bytes(&dir.join("spool"));
-    let n = sizes.backlog_n;
-    rows.push(row(
-        "memory",
-        format!("{n} pending (server down): RSS / peak"),
-        format!(
-            "{:.0} / {:.0} MiB",
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0
-        ),
-        format!("ingested in {}", secs(ingest_s)),
-        "",
-        if n >= 1_000_000 {
-            format!("≤ 100 MiB: {}", met(rss <= 100 * 1024))
-        } else {
-            String::new()
-        },
-    ));
-    rows.push(row(
-        "memory",
-        format!("{n} pending: spool on disk"),
-        format!("{:.0} MiB", spool_bytes as f64 / 1048576.0),
-        format!("{:.0} B/request", spool_bytes as f64 / n as f64),
-        "",
-        "",
-    ));
-    f.stop();
-    let t = Instant::now();
-    let f = start_ffd_in(&o, &dir, cfg, &[], None);
-    let mut c = ffclient::Client::connect(&f.socket).unwrap();
-    c.send(&ffclient::Request::get(&sink.url("/after-restart")))
-        .unwrap();
-    let first_ack = t.elapsed();
-    let replayed = wait_log(&f, "spool replayed", Duration::from_secs(300));
-    let (rss2, hwm2) = f.rss_kib();
-    rows.push(row(
-        "memory",
-        format!("restart with {n} pending: first ACK after spawn"),
-        secs(first_ack.as_secs_f64()),
-        format!("ready after {}", secs(f.ready.as_secs_f64())),
-        "",
-        format!("≤ 2 s: {}", met(first_ack <= Duration::from_secs(2))),
-    ));
-    rows.push(row(
-        "memory",
-        format!("restart with {n} pending: replay done / RSS after"),
-        format!(
-            "{} / {:.0} MiB",
-            replayed
-                .map(|d| secs(d.as_secs_f64()))
-                .unwrap_or("-".into()),
-            rss2 as f64 / 1024.0
-        ),
-        format!("peak {:.0} MiB", hwm2 as f64 / 1024.0),
-        "",
-        "",
-    ));
-    f.stop();
+    let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    if run(6) {
+        eprintln!("6. memory and disk");
+        let f = start_ffd(&o, "idle", "", &[], None);
+        let _ = ffclient::Client::connect(&f.socket).unwrap().ping();
+        std::thread::sleep(Duration::from_millis(300));
+        let (idle, _) = f.rss_kib();
+        rows.push(row(
+            "memory",
+            "idle RSS",
+            format!("{:.1} MiB", idle as f64 / 1024.0),
+            "",
+            "",
+            format!("≤ 10 MiB: {}", met(idle <= 10 * 1024)),
+        ));
+        f.stop();
+        let dir = o.dir.join("backlog");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = "[spool]\nmax_bytes = 8589934592\n";
+        let f = start_ffd_in(&o, &dir, cfg, &[], None);
+        let down = send_line("http://127.0.0.1:1/down", "");
+        let t = Instant::now();
+        ingest(&f.socket, &down, sizes.backlog_n, 4);
+        let ingest_s = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(500));
+        let (rss, hwm) = f.rss_kib();
+        let spool_bytes = dir_bytes(&dir.join("spool"));
+        let n = sizes.backlog_n;
+        rows.push(row(
+            "memory",
+            format!("{n} pending (server down): RSS / peak"),
+            format!(
+                "{:.0} / {:.0} MiB",
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            ),
+            format!("ingested in {}", secs(ingest_s)),
+            "",
+            if n >= 1_000_000 {
+                format!("≤ 100 MiB: {}", met(rss <= 100 * 1024))
+            } else {
+                String::new()
+            },
+        ));
+        rows.push(row(
+            "memory",
+            format!("{n} pending: spool on disk"),
+            format!("{:.0} MiB", spool_bytes as f64 / 1048576.0),
+            format!("{:.0} B/request", spool_bytes as f64 / n as f64),
+            "",
+            "",
+        ));
+        f.stop();
+        let t = Instant::now();
+        let f = start_ffd_in(&o, &dir, cfg, &[], None);
+        let mut c = ffclient::Client::connect(&f.socket).unwrap();
+        c.send(&ffclient::Request::get(&sink.url("/after-restart")))
+            .unwrap();
+        let first_ack = t.elapsed();
+        let replayed = wait_log(&f, "spool replayed", Duration::from_secs(300));
+        let (rss2, hwm2) = f.rss_kib();
+        rows.push(row(
+            "memory",
+            format!("restart with {n} pending: first ACK after spawn"),
+            secs(first_ack.as_secs_f64()),
+            format!("ready after {}", secs(f.ready.as_secs_f64())),
+            "",
+            format!("≤ 2 s: {}", met(first_ack <= Duration::from_secs(2))),
+        ));
+        rows.push(row(
+            "memory",
+            format!("restart with {n} pending: replay done / RSS after"),
+            format!(
+                "{} / {:.0} MiB",
+                replayed
+                    .map(|d| secs(d.as_secs_f64()))
+                    .unwrap_or("-".into()),
+                rss2 as f64 / 1024.0
+            ),
+            format!("peak {:.0} MiB", hwm2 as f64 / 1024.0),
+            "",
+            "",
+        ));
+        f.stop();
+    }
     let _ = cpus;
 
     write_results(&o, &sizes, &rows);

@@ -70,7 +70,9 @@ impl Deliverer {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(cfg.pool_idle_per_host)
+            // Fewer idle slots than requests in flight per host would close
+            // and reopen connections under steady load.
+            .pool_max_idle_per_host(cfg.pool_idle_per_host.max(cfg.max_in_flight_per_host))
             .retry_canceled_requests(true)
             .build(https);
         let id_header = if cfg.id_header.is_empty() {

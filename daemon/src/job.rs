@@ -43,12 +43,19 @@ pub fn host_key(uri: &Uri) -> String {
     format!("{scheme}://{host}:{port}")
 }
 
-/// URI without its query string, for logs: queries often carry tokens.
-pub fn redacted(uri: &Uri) -> String {
-    format!(
-        "{}://{}{}",
-        uri.scheme_str().unwrap_or(""),
-        uri.authority().map(|a| a.as_str()).unwrap_or(""),
-        uri.path()
-    )
+/// A URI shown without its query string, for logs: queries often carry
+/// tokens. Formats lazily, so a log line that is filtered out costs nothing.
+pub struct Redacted<'a>(pub &'a Uri);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = self.0;
+        write!(
+            f,
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map(|a| a.as_str()).unwrap_or(""),
+            uri.path()
+        )
+    }
 }

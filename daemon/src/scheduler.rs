@@ -71,18 +71,24 @@ impl Phase {
 
 /// Where the full request is: in memory (memory mode, or until its spool
 /// write returned), on disk (its spool record: the body is not kept in
-/// memory), or gone (delivered).
+/// memory), both (a fresh job waiting for its first attempt, within
+/// [`HOT_BYTES`], so the common path reads nothing back), or gone (delivered).
 #[derive(Clone)]
 enum JobRef {
     Mem(Arc<Job>),
     Disk(Loc),
+    Hot(Arc<Job>, Loc),
     Gone,
 }
+
+/// Bytes of spooled jobs kept in memory until their first attempt. Past it,
+/// jobs are read back from the spool: memory stays bounded with a backlog.
+const HOT_BYTES: u64 = 32 << 20;
 
 impl JobRef {
     fn loc(&self) -> Option<Loc> {
         match self {
-            JobRef::Disk(l) => Some(*l),
+            JobRef::Disk(l) | JobRef::Hot(_, l) => Some(*l),
             _ => None,
         }
     }
@@ -158,6 +164,8 @@ struct State {
     in_flight: usize,
     pending: usize,
     bytes: u64,
+    /// Bytes of `JobRef::Hot` jobs.
+    hot_bytes: u64,
     rr: usize,
     draining: bool,
     counters: Counters,
@@ -246,6 +254,7 @@ impl Engine {
                 in_flight: 0,
                 pending: 0,
                 bytes: 0,
+                hot_bytes: 0,
                 rr: 0,
                 draining: false,
                 counters: Counters::default(),
@@ -639,7 +648,7 @@ impl Engine {
                 continue;
             };
             // Only the job's latest record matters; older copies are dead weight.
-            if !matches!(e.job, JobRef::Disk(l) if l == loc) {
+            if e.job.loc() != Some(loc) {
                 continue;
             }
             let kind = match e.phase {
@@ -663,7 +672,11 @@ impl Engine {
             };
             // Written under the state lock, so no outcome of this job can be
             // ordered before its copy.
-            e.job = JobRef::Disk(spool.rewrite(&job, state, Some(loc)));
+            let moved = spool.rewrite(&job, state, Some(loc));
+            e.job = match &e.job {
+                JobRef::Hot(j, _) => JobRef::Hot(j.clone(), moved),
+                _ => JobRef::Disk(moved),
+            };
             n += 1;
         }
         spool.retire(seg);
@@ -684,12 +697,20 @@ impl Engine {
             for (id, job) in starts {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    let job = match me.load(&job) {
-                        Ok(job) => job,
-                        Err(e) => return me.unreadable(&id, e),
-                    };
-                    let attempt = me.deliverer.attempt(&job).await;
-                    me.finish(&job, attempt);
+                    // A delivery task goes on with the next job that may
+                    // start (round-robin, within the limits) instead of
+                    // ending and waking the dispatcher: no spawn and no
+                    // wake-up per request while there is work.
+                    let mut next = Some((id, job));
+                    while let Some((id, job)) = next.take() {
+                        next = match me.load(&job) {
+                            Ok(job) => {
+                                let attempt = me.deliverer.attempt(&job).await;
+                                me.finish(&job, attempt)
+                            }
+                            Err(e) => me.unreadable(&id, e),
+                        };
+                    }
                 });
             }
             match next {
@@ -708,7 +729,7 @@ impl Engine {
     /// The full job: from memory, or read back from its spool record.
     fn load(&self, r: &JobRef) -> Result<Arc<Job>, String> {
         match r {
-            JobRef::Mem(j) => Ok(j.clone()),
+            JobRef::Mem(j) | JobRef::Hot(j, _) => Ok(j.clone()),
             JobRef::Disk(loc) => match &self.spool {
                 Some(s) => s.read(*loc),
                 None => Err("no spool".into()),
@@ -719,14 +740,12 @@ impl Engine {
 
     /// A job whose spool record cannot be read can never be delivered: it
     /// becomes a dead letter that says why, instead of vanishing.
-    fn unreadable(&self, id: &Arc<str>, error: String) {
+    fn unreadable(&self, id: &Arc<str>, error: String) -> Option<(Arc<str>, JobRef)> {
         let now = now_ms();
         let history = self.dcfg().status_history;
         let mut st = self.lock();
         st.in_flight -= 1;
-        let Some(e) = st.entries.get_mut(id) else {
-            return;
-        };
+        let e = st.entries.get_mut(id)?;
         let host = e.host as usize;
         e.last_error = Some(error.clone().into());
         let attempts = e.attempts;
@@ -743,17 +762,16 @@ impl Engine {
         drop(st);
         self.wake.notify_one();
         self.idle.notify_waiters();
+        None
     }
 
-    /// Applies an attempt's outcome.
-    fn finish(&self, job: &Arc<Job>, a: Attempt) {
+    /// Applies an attempt's outcome; returns the next job for the same task.
+    fn finish(&self, job: &Arc<Job>, a: Attempt) -> Option<(Arc<str>, JobRef)> {
         let now = now_ms();
         let dcfg = self.dcfg();
         let mut st = self.lock();
         st.in_flight -= 1;
-        let Some(e) = st.entries.get_mut(&job.id) else {
-            return;
-        };
+        let e = st.entries.get_mut(&job.id)?;
         let host = e.host as usize;
         e.attempts = e.attempts.saturating_add(1);
         e.last_status = a.status;
@@ -761,7 +779,8 @@ impl Engine {
         e.snippet = a.snippet.clone().map(Into::into);
         let attempts = e.attempts;
         let here = e.job.loc();
-        let url = crate::job::redacted(&job.uri);
+        // Only built when a log line will be written.
+        let url = tracing::field::display(crate::job::Redacted(&job.uri));
         st.hosts[host].in_flight -= 1;
         let end = match a.verdict {
             Verdict::Success => {
@@ -825,6 +844,7 @@ impl Engine {
                     } else {
                         debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
                         st.counters.retried += 1;
+                        st.cool(&job.id);
                         st.schedule(&job.id, at, true);
                         if let Some(s) = &self.spool {
                             s.record(&job.id, here, Outcome::retry(attempts, at, &a, now));
@@ -840,15 +860,20 @@ impl Engine {
                 s.record(&job.id, here, Outcome::end(phase, attempts, &a, now));
             }
         }
+        let next = st.take_one(now, &dcfg, self.spool.as_deref());
         let idle = st.in_flight == 0;
         drop(st);
-        self.wake.notify_one();
+        if next.is_none() {
+            // A slot is free: the dispatcher may have work for it elsewhere.
+            self.wake.notify_one();
+        }
         if end == Some(Phase::Delivered) {
             self.room.notify_waiters();
         }
         if idle {
             self.idle.notify_waiters();
         }
+        next
     }
 
     /// Stops starting deliveries and waits for the running ones, up to `deadline`.
@@ -1095,6 +1120,16 @@ fn place(
 }
 
 impl State {
+    /// A hot job leaves memory (its first attempt is done, or it ended).
+    fn cool(&mut self, id: &str) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if let JobRef::Hot(_, loc) = e.job {
+                e.job = JobRef::Disk(loc);
+                self.hot_bytes -= e.bytes;
+            }
+        }
+    }
+
     fn host_for(&mut self, uri: &Uri) -> u32 {
         // Batches mostly go to one host: skip building the key for a repeat.
         if let Some((https, auth, i)) = &self.last_host {
@@ -1147,7 +1182,12 @@ impl State {
         }
         e.committed = true;
         if let Some(loc) = loc {
-            e.job = JobRef::Disk(loc);
+            e.job = if self.hot_bytes + e.bytes <= HOT_BYTES {
+                self.hot_bytes += e.bytes;
+                JobRef::Hot(job.clone(), loc)
+            } else {
+                JobRef::Disk(loc)
+            };
         }
         let host = e.host as usize;
         self.pending += 1;
@@ -1180,6 +1220,7 @@ impl State {
 
     /// Moves an entry to an end state.
     fn end(&mut self, id: &Arc<str>, phase: Phase, now: u64, history: usize) {
+        self.cool(id);
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
@@ -1277,24 +1318,35 @@ impl State {
             }
         }
         let mut starts = Vec::new();
-        if self.draining || self.hosts.is_empty() {
-            return starts;
+        while let Some(start) = self.take_one(now, cfg, spool) {
+            starts.push(start);
         }
+        starts
+    }
+
+    /// Takes the next job to start, round-robin over the hosts that may take
+    /// one more, or `None` when nothing can start now. Marks it in flight.
+    fn take_one(
+        &mut self,
+        now: u64,
+        cfg: &DeliveryConfig,
+        spool: Option<&Spool>,
+    ) -> Option<(Arc<str>, JobRef)> {
         let n = self.hosts.len();
-        self.rr = (self.rr + 1) % n;
-        let mut progress = true;
-        while progress && self.in_flight < cfg.max_in_flight {
-            progress = false;
+        if self.draining || n == 0 {
+            return None;
+        }
+        // Hosts with nothing eligible are skipped; a round with no job
+        // taken (only stale or expired ids popped) is tried again.
+        loop {
+            if self.in_flight >= cfg.max_in_flight {
+                return None;
+            }
+            let mut popped = false;
             for k in 0..n {
-                if self.in_flight >= cfg.max_in_flight {
-                    break;
-                }
                 let hi = (self.rr + k) % n;
                 let h = &mut self.hosts[hi];
-                if h.fresh.is_empty() && h.retry.is_empty() {
-                    continue;
-                }
-                if h.paused_until > now {
+                if (h.fresh.is_empty() && h.retry.is_empty()) || h.paused_until > now {
                     continue;
                 }
                 // Half-open: a host that tripped the breaker gets one probe at a time.
@@ -1314,12 +1366,14 @@ impl State {
                 };
                 h.retry_turn = !take_retry;
                 let Some(id) = id else { continue };
-                progress = true;
+                popped = true;
+                // The next call starts with the host after this one.
+                self.rr = (hi + 1) % n;
                 let Some(e) = self.entries.get_mut(&id) else {
-                    continue;
+                    break;
                 };
                 if e.phase != Phase::Queued {
-                    continue;
+                    break;
                 }
                 if now >= e.expires_ms {
                     if let Some(s) = spool {
@@ -1327,14 +1381,17 @@ impl State {
                     }
                     self.end(&id, Phase::Expired, now, cfg.status_history);
                     warn!(id = %id, "ttl passed before delivery; expired");
-                    continue;
+                    break;
                 }
                 e.phase = Phase::InFlight;
+                let job = e.job.clone();
                 self.hosts[hi].in_flight += 1;
                 self.in_flight += 1;
-                starts.push((id, e.job.clone()));
+                return Some((id, job));
+            }
+            if !popped {
+                return None;
             }
         }
-        starts
     }
 }

@@ -524,6 +524,7 @@ impl Spool {
     /// duplicate delivery, never a lost request.
     pub fn record(&self, id: &str, at: Option<Loc>, outcome: Outcome) {
         let mut inner = self.lock();
+        let was_empty = inner.buf.is_empty();
         encode_outcome(&mut inner.buf, id, &outcome);
         let current = inner.current;
         if let Some(i) = inner.segments.get_mut(&current) {
@@ -534,7 +535,7 @@ impl Spool {
                 inner.unlive(at.seg);
             }
         }
-        self.after_buffered(inner);
+        self.after_buffered(inner, was_empty);
     }
 
     /// Records a dead letter put back in the queue with new times.
@@ -546,11 +547,12 @@ impl Spool {
     /// its record at `old` stops counting.
     pub fn rewrite(&self, job: &Job, state: Outcome, old: Option<Loc>) -> Loc {
         let mut inner = self.lock();
+        let was_empty = inner.buf.is_empty();
         let loc = encode_job_at(&mut inner, job, &state);
         if let Some(old) = old {
             inner.unlive(old.seg);
         }
-        self.after_buffered(inner);
+        self.after_buffered(inner, was_empty);
         loc
     }
 
@@ -560,12 +562,17 @@ impl Spool {
         self.lock().unlive(at.seg);
     }
 
-    fn after_buffered(&self, mut inner: MutexGuard<'_, Inner>) {
+    /// Wakes the flusher only for the first record after a write: the
+    /// others join the same write, and a wake-up per outcome would cost a
+    /// futex call per delivery.
+    fn after_buffered(&self, mut inner: MutexGuard<'_, Inner>, was_empty: bool) {
         if inner.buf.len() >= FLUSH_BYTES {
             let _ = self.write_out(&mut inner);
         }
         drop(inner);
-        self.wake.notify_one();
+        if was_empty {
+            self.wake.notify_one();
+        }
     }
 
     /// Asks for segment `n` to be deleted once nothing live is left in it.
