@@ -166,6 +166,12 @@ struct State {
     bytes: u64,
     /// Bytes of `JobRef::Hot` jobs.
     hot_bytes: u64,
+    /// Pending ids in acceptance order (new sends, replays), and restored
+    /// ones (in their own acceptance order): the oldest pending request is
+    /// at the front of one of them once finished ones are popped, so
+    /// `stats` does not walk every entry.
+    arrivals: VecDeque<(u64, Arc<str>)>,
+    restored: VecDeque<(u64, Arc<str>)>,
     rr: usize,
     draining: bool,
     counters: Counters,
@@ -255,6 +261,8 @@ impl Engine {
                 pending: 0,
                 bytes: 0,
                 hot_bytes: 0,
+                arrivals: VecDeque::new(),
+                restored: VecDeque::new(),
                 rr: 0,
                 draining: false,
                 counters: Counters::default(),
@@ -626,6 +634,7 @@ impl Engine {
         }
         st.pending += 1;
         st.hosts[host as usize].pending += 1;
+        st.restored.push_back((job.accepted_ms, job.id.clone()));
         let at = o.next_ms.max(job.not_before_ms);
         st.schedule(&job.id, at, o.attempts > 0);
         drop(st);
@@ -900,7 +909,7 @@ impl Engine {
     /// `stats` op.
     pub fn stats(&self) -> Value {
         let now = now_ms();
-        let st = self.lock();
+        let mut st = self.lock();
         let mut rejected = serde_json::Map::new();
         for (i, c) in ErrorCode::ALL.iter().enumerate() {
             rejected.insert(
@@ -908,12 +917,7 @@ impl Engine {
                 self.rejected[i].load(Ordering::Relaxed).into(),
             );
         }
-        let oldest = st
-            .entries
-            .values()
-            .filter(|e| e.phase.is_pending())
-            .map(|e| e.accepted_ms)
-            .min();
+        let oldest = st.oldest_pending();
         let hosts: Vec<Value> = st
             .hosts
             .iter()
@@ -1036,6 +1040,7 @@ impl Engine {
             st.dead.remove(&seq);
             st.pending += 1;
             st.hosts[host].pending += 1;
+            st.arrivals.push_back((now, id.clone()));
             st.schedule(id, now, false);
         }
         drop(st);
@@ -1120,6 +1125,26 @@ fn place(
 }
 
 impl State {
+    /// Acceptance time of the oldest pending request.
+    fn oldest_pending(&mut self) -> Option<u64> {
+        let entries = &self.entries;
+        let live = |(at, id): &(u64, Arc<str>)| {
+            entries
+                .get(id)
+                .is_some_and(|e| e.phase.is_pending() && e.accepted_ms == *at)
+        };
+        while self.arrivals.front().is_some_and(|f| !live(f)) {
+            self.arrivals.pop_front();
+        }
+        while self.restored.front().is_some_and(|f| !live(f)) {
+            self.restored.pop_front();
+        }
+        match (self.arrivals.front(), self.restored.front()) {
+            (Some(a), Some(r)) => Some(a.0.min(r.0)),
+            (a, r) => a.or(r).map(|x| x.0),
+        }
+    }
+
     /// A hot job leaves memory (its first attempt is done, or it ended).
     fn cool(&mut self, id: &str) {
         if let Some(e) = self.entries.get_mut(id) {
@@ -1192,6 +1217,7 @@ impl State {
         let host = e.host as usize;
         self.pending += 1;
         self.hosts[host].pending += 1;
+        self.arrivals.push_back((job.accepted_ms, job.id.clone()));
         place(
             e,
             &job.id,

@@ -279,6 +279,8 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// How long the flusher lets outcome records gather before writing them.
+const FLUSH_GATHER: Duration = Duration::from_millis(1);
 /// Bytes of buffered outcome records past which the caller writes them itself.
 const FLUSH_BYTES: usize = 256 * 1024;
 
@@ -659,8 +661,13 @@ impl Spool {
                     .unwrap_or_else(|e| e.into_inner().0);
                 continue;
             }
-            // Outcomes that arrive while this write runs gather in the
-            // buffer and go out together in the next one.
+            // Let outcomes gather briefly, so one write (and one wake-up)
+            // carries many: a wake-up per delivery cost more CPU than the
+            // delivery. A crash in this window costs an early retry or a
+            // repeated delivery, never a request.
+            drop(inner);
+            std::thread::sleep(FLUSH_GATHER);
+            inner = self.lock();
             let _ = self.write_out(&mut inner);
             inner.retire.clear();
             // Only with every buffered record written: a segment may be free

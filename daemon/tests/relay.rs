@@ -144,7 +144,8 @@ fn ten_thousand_pipelined_lines_are_acked_in_order_and_delivered() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), n);
-    d.wait_stats("all delivered", T, |s| s["delivered"] == n);
+    let st = d.wait_stats("all delivered", T, |s| s["delivered"] == n);
+    assert!(st["oldest_pending_age_ms"].is_null(), "{st}");
 }
 
 #[test]
@@ -614,6 +615,7 @@ fn a_failing_host_is_paused_instead_of_burning_attempts() {
     let st = d.stats();
     assert_eq!(st["retried"].as_u64().unwrap(), failed, "{st}");
     assert_eq!(st["queued"], 10);
+    assert!(st["oldest_pending_age_ms"].as_u64().unwrap() >= 500, "{st}");
     assert!(
         st["hosts"][0]["last_error"]
             .as_str()
