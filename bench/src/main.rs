@@ -611,43 +611,52 @@ fn main() {
     let run = |n: u32| o.only.is_empty() || o.only.contains(&n);
     if run(3) {
         eprintln!("3. delivered requests per second");
-        let ceiling = median(
-            (0..sizes.repeat)
-                .map(|_| plain_hyper(&sink, sizes.deliver_n, conc))
-                .collect(),
-        );
-        let mut deliver_runs = Vec::new();
-        for r in 0..sizes.repeat {
-            let f = start_ffd(&o, &format!("deliver-{r}"), &dcfg, &[], None);
-            let line = send_line(&sink.url("/deliver"), "");
-            let base = sink.count();
-            let t = Instant::now();
-            ingest(&f.socket, &line, sizes.deliver_n, 1);
-            let d = sink
-                .wait_until(base + sizes.deliver_n as u64, t, Duration::from_secs(300))
-                .expect("delivered");
-            deliver_runs.push(sizes.deliver_n as f64 / d.as_secs_f64());
-            f.stop();
+        let nginx = Nginx::start(&o.dir);
+        let mut targets: Vec<(&str, String)> = vec![("a minimal hyper server", sink.url(""))];
+        if let Some(n) = &nginx {
+            targets.push(("nginx", n.url()));
         }
-        delivered = median(deliver_runs);
-        rows.push(row(
-            "deliver",
-            format!("delivered to a hyper server, {conc} in flight"),
-            rate(delivered),
-            format!("plain hyper-util pool {}", rate(ceiling)),
-            format!("{:.2}×", delivered / ceiling),
-            format!("≥ 0.8× ceiling: {}", met(delivered >= 0.8 * ceiling)),
-        ));
-        if let Some(w) = wrk(&sink.url("/wrk"), conc, o.smoke) {
+        for (ti, (name, base)) in targets.iter().enumerate() {
+            let ceiling = median(
+                (0..sizes.repeat)
+                    .map(|_| plain_hyper(&format!("{base}/plain"), sizes.deliver_n, conc))
+                    .collect(),
+            );
+            let mut deliver_runs = Vec::new();
+            for r in 0..sizes.repeat {
+                let f = start_ffd(&o, &format!("deliver-{ti}-{r}"), &dcfg, &[], None);
+                let line = send_line(&format!("{base}/deliver"), "");
+                let t = Instant::now();
+                ingest(&f.socket, &line, sizes.deliver_n, 1);
+                let d = wait_delivered(&f, sizes.deliver_n as u64, t, Duration::from_secs(300))
+                    .expect("delivered");
+                deliver_runs.push(sizes.deliver_n as f64 / d.as_secs_f64());
+                f.stop();
+            }
+            let v = median(deliver_runs);
+            if ti == 0 {
+                delivered = v;
+            }
             rows.push(row(
                 "deliver",
-                format!("wrk on the same server, {conc} connections"),
-                rate(delivered),
-                format!("wrk {}", rate(w)),
-                format!("{:.2}×", delivered / w),
-                "",
+                format!("delivered to {name}, {conc} in flight"),
+                rate(v),
+                format!("plain hyper-util pool {}", rate(ceiling)),
+                format!("{:.2}×", v / ceiling),
+                format!("≥ 0.8× ceiling: {}", met(v >= 0.8 * ceiling)),
             ));
+            if let Some(w) = wrk(&format!("{base}/wrk"), conc, o.smoke) {
+                rows.push(row(
+                    "deliver",
+                    format!("wrk on {name}, {conc} connections"),
+                    rate(v),
+                    format!("wrk {}", rate(w)),
+                    format!("{:.2}×", v / w),
+                    "",
+                ));
+            }
         }
+        drop(nginx);
     }
 
     // 4. The recipes ffd replaces.
@@ -836,8 +845,101 @@ fn main() {
     }
     let _ = cpus;
 
+    // 7. Storage candidates for the spool.
+    if o.only.is_empty() || o.only.contains(&7) {
+        eprintln!("7. storage candidates: append a batch, make it durable as the mode says");
+        storage_candidates(&o, &sizes, &mut rows);
+    }
+
     write_results(&o, &sizes, &rows);
     let _ = std::fs::remove_dir_all(&o.dir);
+}
+
+/// The spool's job, done by each candidate store: append batches of
+/// ~300-byte records, each batch durable to the level of the mode before it
+/// would be acknowledged. Our log is a plain `write` (+ `fdatasync`).
+fn storage_candidates(o: &Opts, sizes: &Sizes, rows: &mut Vec<Row>) {
+    use redb::{Database, Durability, TableDefinition};
+    const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+    let record = vec![0xabu8; 300];
+    let dir = o.dir.join("storage");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (batch, durable) in [(1usize, false), (64, false), (1, true), (64, true)] {
+        let n = if durable {
+            sizes.ack_n / 10
+        } else {
+            sizes.ack_n * 5
+        };
+        let batches = (n / batch).max(1);
+        let mode = if durable {
+            "fsync always"
+        } else {
+            "fsync never"
+        };
+        // Our log: one write per batch, fdatasync when durable.
+        let path = dir.join(format!("log-{batch}-{durable}"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut buf = Vec::new();
+        let mut lat = Vec::with_capacity(batches);
+        let t = Instant::now();
+        for _ in 0..batches {
+            let s = Instant::now();
+            buf.clear();
+            for _ in 0..batch {
+                buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&[0; 4]);
+                buf.extend_from_slice(&record);
+            }
+            f.write_all(&buf).unwrap();
+            if durable {
+                f.sync_data().unwrap();
+            }
+            lat.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        let log_rate = (batches * batch) as f64 / t.elapsed().as_secs_f64();
+        let log_p50 = pct(&mut lat, 0.5);
+        let log_p99 = pct(&mut lat, 0.99);
+        // redb: one write transaction per batch.
+        let db = Database::create(dir.join(format!("redb-{batch}-{durable}"))).unwrap();
+        let mut lat = Vec::with_capacity(batches);
+        let mut key = 0u64;
+        let t = Instant::now();
+        for _ in 0..batches {
+            let s = Instant::now();
+            let mut txn = db.begin_write().unwrap();
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .unwrap();
+            {
+                let mut table = txn.open_table(TABLE).unwrap();
+                for _ in 0..batch {
+                    table.insert(key, record.as_slice()).unwrap();
+                    key += 1;
+                }
+            }
+            txn.commit().unwrap();
+            lat.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        let redb_rate = (batches * batch) as f64 / t.elapsed().as_secs_f64();
+        let redb_p50 = pct(&mut lat, 0.5);
+        let redb_p99 = pct(&mut lat, 0.99);
+        rows.push(row(
+            "storage",
+            format!("batch of {batch}, {mode}: commit p50 / p99, records/s"),
+            format!("log {} / {}, {}", us(log_p50), us(log_p99), rate(log_rate)),
+            format!(
+                "redb {} / {}, {}",
+                us(redb_p50),
+                us(redb_p99),
+                rate(redb_rate)
+            ),
+            format!("{:.1}× (redb ÷ log, p50)", redb_p50 / log_p50),
+            "",
+        ));
+    }
 }
 
 fn wait_log(f: &Ffd, needle: &str, limit: Duration) -> Option<Duration> {
@@ -870,15 +972,14 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// The ceiling: a plain hyper-util pooled client, `conc` tasks, same body.
-fn plain_hyper(sink: &Sink, n: usize, conc: usize) -> f64 {
+fn plain_hyper(url: &str, n: usize, conc: usize) -> f64 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let url: hyper::Uri = sink.url("/plain").parse().unwrap();
-    let base = sink.count();
+    let url: hyper::Uri = url.parse().unwrap();
     let t = Instant::now();
-    rt.block_on(async {
+    let done = rt.block_on(async {
         let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(conc)
@@ -888,23 +989,102 @@ fn plain_hyper(sink: &Sink, n: usize, conc: usize) -> f64 {
             .map(|_| {
                 let (client, url, body) = (client.clone(), url.clone(), body.clone());
                 tokio::spawn(async move {
+                    let mut ok = 0usize;
                     for _ in 0..n / conc {
                         let req = hyper::Request::post(url.clone())
                             .header("x-bench", "1")
                             .body(Full::new(body.clone()))
                             .unwrap();
                         let resp = client.request(req).await.unwrap();
+                        ok += resp.status().is_success() as usize;
                         let _ = resp.into_body().collect().await;
                     }
+                    ok
                 })
             })
             .collect();
+        let mut done = 0;
         for t in tasks {
-            t.await.unwrap();
+            done += t.await.unwrap();
         }
+        done
     });
-    let done = sink.count() - base;
     done as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Waits until ffd counts `n` delivered; the time since `since`.
+fn wait_delivered(f: &Ffd, n: u64, since: Instant, limit: Duration) -> Option<Duration> {
+    let mut c = ffclient::Client::connect(&f.socket).ok()?;
+    loop {
+        let s = c.stats().ok()?;
+        if s["delivered"].as_u64() >= Some(n) {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// nginx on a loopback port answering 200 to everything, when installed.
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path) -> Option<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(&dir).ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\"; }} }} }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).ok()?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nginx { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker too (SIGKILL would orphan it).
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 fn wrk(url: &str, conc: usize, smoke: bool) -> Option<f64> {
@@ -1062,6 +1242,7 @@ fn write_results(o: &Opts, sizes: &Sizes, rows: &[Row]) {
         ("recipes", "4. Against the recipes ffd replaces", "Each sends the same requests to the same server. Caller blocked: the time one `send` (or `submit`, `create_task`, `&`) keeps the caller. Total: until all were delivered.", ["recipe", "caller blocked p50 / p99", "all delivered", "rate", "goal"]),
         ("slow", "5. A slow server (200 ms per response)", "", ["what", "ffd", "reference", "ratio", "goal"]),
         ("memory", "6. Memory and disk", "Backlog: requests to a closed port (server down), so all stay pending.", ["what", "ffd", "context", "", "goal"]),
+        ("storage", "7. Storage candidates for the spool", "The spool's job done by each store: append a batch of ~300-byte records and make it as durable as the mode promises before the ACK. `log`: the segmented log ffd uses (one `write`, plus `fdatasync` in `always` mode); `redb`: one write transaction per batch (`Durability::None` / `Immediate`).", ["what", "our log", "redb", "ratio", ""]),
     ];
     for (key, title, note, head) in sections {
         s.push_str(&format!("## {title}\n\n"));
