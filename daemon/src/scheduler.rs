@@ -512,13 +512,18 @@ impl Engine {
         }
         if !fresh.is_empty() {
             let mut st = self.lock();
+            let mut kick = false;
             for (k, (_, job, _)) in fresh.iter().enumerate() {
-                st.commit(job, locs.get(k).copied());
+                kick |= st.commit(job, locs.get(k).copied());
             }
             st.counters.accepted += fresh.len() as u64;
             st.counters.duplicates += same_as.len() as u64;
             drop(st);
-            self.wake.notify_one();
+            // Sends delayed past the dispatcher's next timer need no wake-up
+            // (a wake-up costs a context switch on the ACK path).
+            if kick {
+                self.wake.notify_one();
+            }
         }
         for (i, first) in same_as {
             results[i] = results[first].clone();
@@ -778,6 +783,8 @@ impl Engine {
     fn finish(&self, job: &Arc<Job>, a: Attempt) -> Option<(Arc<str>, JobRef)> {
         let now = now_ms();
         let dcfg = self.dcfg();
+        // Set when a timer may now be due before the dispatcher's next wake.
+        let mut kick = false;
         let mut st = self.lock();
         st.in_flight -= 1;
         let e = st.entries.get_mut(&job.id)?;
@@ -839,6 +846,7 @@ impl Engine {
                 }
                 if let Some((until, cooldown, key, failures)) = paused {
                     st.timers.push(Reverse((until, Timer::Host)));
+                    kick = true;
                     warn!(host = %key, failures, pause_ms = cooldown, "host keeps failing; pausing deliveries to it");
                 }
                 if attempts >= job.max_attempts {
@@ -854,7 +862,7 @@ impl Engine {
                         debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
                         st.counters.retried += 1;
                         st.cool(&job.id);
-                        st.schedule(&job.id, at, true);
+                        kick |= st.schedule(&job.id, at, true);
                         if let Some(s) = &self.spool {
                             s.record(&job.id, here, Outcome::retry(attempts, at, &a, now));
                         }
@@ -872,8 +880,9 @@ impl Engine {
         let next = st.take_one(now, &dcfg, self.spool.as_deref());
         let idle = st.in_flight == 0;
         drop(st);
-        if next.is_none() {
-            // A slot is free: the dispatcher may have work for it elsewhere.
+        if next.is_none() || kick {
+            // A slot is free (the dispatcher may have work for it
+            // elsewhere), or a new timer may be due before its next wake.
             self.wake.notify_one();
         }
         if end == Some(Phase::Delivered) {
@@ -1099,6 +1108,8 @@ fn entry_json(id: &str, e: &Entry, st: &State) -> Value {
 }
 
 /// Puts an entry in its host's queue (due now) or on the timer heap.
+/// Returns whether the dispatcher must look: work is ready, or the
+/// earliest timer moved earlier than the one it sleeps for.
 fn place(
     e: &mut Entry,
     id: &Arc<str>,
@@ -1107,7 +1118,7 @@ fn place(
     now: u64,
     hosts: &mut [Host],
     timers: &mut BinaryHeap<Reverse<(u64, Timer)>>,
-) {
+) -> bool {
     if at <= now {
         e.phase = Phase::Queued;
         e.next_ms = u64::MAX;
@@ -1117,10 +1128,13 @@ fn place(
         } else {
             h.fresh.push_back(id.clone());
         }
+        true
     } else {
         e.phase = Phase::Waiting;
         e.next_ms = at;
+        let earliest = timers.peek().is_none_or(|Reverse((first, _))| at < *first);
         timers.push(Reverse((at, Timer::Entry(id.clone()))));
+        earliest
     }
 }
 
@@ -1198,12 +1212,12 @@ impl State {
 
     /// Makes a reserved entry pending: queued now, or at its `delay_ms`.
     /// With a spool location, the body is dropped from memory.
-    fn commit(&mut self, job: &Arc<Job>, loc: Option<Loc>) {
+    fn commit(&mut self, job: &Arc<Job>, loc: Option<Loc>) -> bool {
         let Some(e) = self.entries.get_mut(&job.id) else {
-            return;
+            return false;
         };
         if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
-            return;
+            return false;
         }
         e.committed = true;
         if let Some(loc) = loc {
@@ -1226,13 +1240,14 @@ impl State {
             now_ms(),
             &mut self.hosts,
             &mut self.timers,
-        );
+        )
     }
 
     /// Queues an entry at `at` (now or later); `retry` picks the retry queue.
-    fn schedule(&mut self, id: &Arc<str>, at: u64, retry: bool) {
-        if let Some(e) = self.entries.get_mut(id) {
-            place(
+    /// Returns whether the dispatcher must look (see [`place`]).
+    fn schedule(&mut self, id: &Arc<str>, at: u64, retry: bool) -> bool {
+        match self.entries.get_mut(id) {
+            Some(e) => place(
                 e,
                 id,
                 at,
@@ -1240,7 +1255,8 @@ impl State {
                 now_ms(),
                 &mut self.hosts,
                 &mut self.timers,
-            );
+            ),
+            None => false,
         }
     }
 
