@@ -289,8 +289,9 @@ async fn serve(
             let r = &replay.report;
             let (pending, dead) = (r.pending, r.dead);
             let (corrupt, torn) = (r.corrupt_records, r.torn_bytes);
-            for (job, loc, state) in replay.jobs {
-                if !engine.restore(job, loc, state) {
+            for r in replay.jobs {
+                let loc = r.loc;
+                if !engine.restore(r) {
                     spool.forget(loc);
                 }
             }

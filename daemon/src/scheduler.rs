@@ -14,7 +14,7 @@ use crate::config::{Config, DeliveryConfig, WhenFull};
 use crate::deliver::{Attempt, Deliverer};
 use crate::job::{host_key, Job};
 use crate::retry::{Backoff, Verdict};
-use crate::spool::{Kind, Loc, Outcome, Spool};
+use crate::spool::{Kind, Loc, Outcome, Restored, Spool};
 use bytes::Bytes;
 use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
 use http::{HeaderName, HeaderValue, Uri};
@@ -110,7 +110,7 @@ struct Entry {
     /// Bytes reserved against `spool.max_bytes`.
     bytes: u64,
     last_status: Option<u16>,
-    last_error: Option<Box<str>>,
+    last_error: Option<Arc<str>>,
     snippet: Option<Box<str>>,
     /// Key in `State::dead` while a dead letter.
     dead_seq: u64,
@@ -130,7 +130,7 @@ struct Host {
     cooldown_ms: u64,
     last_success_ms: u64,
     last_failure_ms: u64,
-    last_error: Option<Box<str>>,
+    last_error: Option<Arc<str>>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -599,30 +599,41 @@ impl Engine {
     /// Restores a job read back from the spool at start-up, in its recorded
     /// state: pending (due at its next attempt) or a dead letter.
     /// Returns false when a newer send with the same id already holds it.
-    pub fn restore(&self, job: Arc<Job>, loc: Loc, o: Outcome) -> bool {
-        let bytes = job_bytes(&job);
+    pub fn restore(&self, r: Restored) -> bool {
+        let Restored {
+            id,
+            host,
+            max_attempts,
+            accepted_ms,
+            not_before_ms,
+            expires_ms,
+            loc,
+            state: o,
+        } = r;
+        // What the spool holds for it, roughly (memory-mode accounting only).
+        let bytes = loc.len as u64;
         let mut st = self.lock();
-        if st.entries.contains_key(&job.id) {
+        if st.entries.contains_key(&id) {
             return false;
         }
-        let host = st.host_for(&job.uri);
+        let host = st.host_for_key(&host);
         let dead = o.dead_phase();
         st.entries.insert(
-            job.id.clone(),
+            id.clone(),
             Entry {
                 job: JobRef::Disk(loc),
                 committed: true,
                 host,
-                max_attempts: job.max_attempts,
-                expires_ms: job.expires_ms,
+                max_attempts,
+                expires_ms,
                 phase: dead.unwrap_or(Phase::Waiting),
                 attempts: o.attempts,
                 next_ms: u64::MAX,
-                accepted_ms: job.accepted_ms,
+                accepted_ms,
                 finished_ms: if dead.is_some() { o.at_ms } else { 0 },
                 bytes,
                 last_status: o.status,
-                last_error: o.error.map(Into::into),
+                last_error: o.error,
                 snippet: o.snippet.map(Into::into),
                 dead_seq: 0,
             },
@@ -631,19 +642,21 @@ impl Engine {
         if dead.is_some() {
             let seq = st.next_dead_seq;
             st.next_dead_seq += 1;
-            if let Some(e) = st.entries.get_mut(&job.id) {
+            if let Some(e) = st.entries.get_mut(&id) {
                 e.dead_seq = seq;
             }
-            st.dead.insert(seq, job.id.clone());
+            st.dead.insert(seq, id);
             return true;
         }
         st.pending += 1;
         st.hosts[host as usize].pending += 1;
-        st.restored.push_back((job.accepted_ms, job.id.clone()));
-        let at = o.next_ms.max(job.not_before_ms);
-        st.schedule(&job.id, at, o.attempts > 0);
+        st.restored.push_back((accepted_ms, id.clone()));
+        let at = o.next_ms.max(not_before_ms);
+        let kick = st.schedule(&id, at, o.attempts > 0);
         drop(st);
-        self.wake.notify_one();
+        if kick {
+            self.wake.notify_one();
+        }
         true
     }
 
@@ -680,7 +693,7 @@ impl Engine {
                     0
                 },
                 status: e.last_status,
-                error: e.last_error.as_deref().map(Into::into),
+                error: e.last_error.clone(),
                 snippet: e.snippet.as_deref().map(Into::into),
                 at_ms: now_ms(),
             };
@@ -761,7 +774,7 @@ impl Engine {
         st.in_flight -= 1;
         let e = st.entries.get_mut(id)?;
         let host = e.host as usize;
-        e.last_error = Some(error.clone().into());
+        e.last_error = Some(error.as_str().into());
         let attempts = e.attempts;
         let at = e.job.loc();
         st.hosts[host].in_flight -= 1;
@@ -770,7 +783,7 @@ impl Engine {
         if let Some(s) = &self.spool {
             let mut o = Outcome::expired(attempts, now);
             o.kind = Kind::Dead;
-            o.error = Some(error);
+            o.error = Some(error.into());
             s.record(id, at, o);
         }
         drop(st);
@@ -787,11 +800,17 @@ impl Engine {
         let mut kick = false;
         let mut st = self.lock();
         st.in_flight -= 1;
+        let host = st.entries.get(&job.id)?.host as usize;
+        let st_last_error = st.hosts[host].last_error.clone();
         let e = st.entries.get_mut(&job.id)?;
-        let host = e.host as usize;
         e.attempts = e.attempts.saturating_add(1);
         e.last_status = a.status;
-        e.last_error = a.error.clone().map(Into::into);
+        // Many requests fail the same way: share the host's copy of the text.
+        let err: Option<Arc<str>> = a.error.as_deref().map(|msg| match &st_last_error {
+            Some(x) if &**x == msg => x.clone(),
+            _ => Arc::from(msg),
+        });
+        e.last_error = err.clone();
         e.snippet = a.snippet.clone().map(Into::into);
         let attempts = e.attempts;
         let here = e.job.loc();
@@ -815,7 +834,7 @@ impl Engine {
                 h.paused_until = 0;
                 h.cooldown_ms = 0;
                 h.last_failure_ms = now;
-                h.last_error = a.error.clone().map(Into::into);
+                h.last_error = err.clone();
                 warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
                 Some(Phase::Dead)
             }
@@ -827,7 +846,7 @@ impl Engine {
                 );
                 let h = &mut st.hosts[host];
                 h.last_failure_ms = now;
-                h.last_error = a.error.clone().map(Into::into);
+                h.last_error = err.clone();
                 let mut paused = None;
                 // Only attempts that began after the last trip count: the
                 // ones already in flight when it tripped say nothing new.
@@ -1186,13 +1205,16 @@ impl State {
     }
 
     fn host_index_of(&mut self, uri: &Uri) -> u32 {
-        let key = host_key(uri);
-        if let Some(i) = self.host_index.get(&key) {
+        self.host_for_key(&host_key(uri))
+    }
+
+    fn host_for_key(&mut self, key: &str) -> u32 {
+        if let Some(i) = self.host_index.get(key) {
             return *i;
         }
         let i = self.hosts.len() as u32;
         self.hosts.push(Host {
-            key: key.clone(),
+            key: key.to_string(),
             fresh: VecDeque::new(),
             retry: VecDeque::new(),
             retry_turn: false,
@@ -1206,7 +1228,7 @@ impl State {
             last_failure_ms: 0,
             last_error: None,
         });
-        self.host_index.insert(key, i);
+        self.host_index.insert(key.to_string(), i);
         i
     }
 

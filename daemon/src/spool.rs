@@ -133,8 +133,8 @@ pub struct Outcome {
     pub next_ms: u64,
     /// Last HTTP status.
     pub status: Option<u16>,
-    /// Last error.
-    pub error: Option<String>,
+    /// Last error (shared: many requests fail the same way).
+    pub error: Option<Arc<str>>,
     /// First bytes of the last response.
     pub snippet: Option<String>,
     /// When it was recorded.
@@ -149,7 +149,7 @@ impl Outcome {
             attempts,
             next_ms,
             status: a.status,
-            error: a.error.clone(),
+            error: a.error.as_deref().map(Into::into),
             snippet: a.snippet.clone(),
             at_ms: now,
         }
@@ -167,7 +167,7 @@ impl Outcome {
             attempts,
             next_ms: 0,
             status: a.status,
-            error: a.error.clone(),
+            error: a.error.as_deref().map(Into::into),
             snippet: a.snippet.clone(),
             at_ms: now,
         }
@@ -222,11 +222,32 @@ impl Outcome {
     }
 }
 
+/// A live job as replay keeps it: no body, no headers, no URL (the request
+/// stays on disk at `loc`), the host and error strings shared, so replaying
+/// a large backlog costs memory per request, not per byte of request.
+pub struct Restored {
+    /// The request id.
+    pub id: Arc<str>,
+    /// `scheme://host:port` of the target.
+    pub host: Arc<str>,
+    /// Attempts before it is dead.
+    pub max_attempts: u32,
+    /// When it was accepted.
+    pub accepted_ms: u64,
+    /// Not delivered before.
+    pub not_before_ms: u64,
+    /// Given up at.
+    pub expires_ms: u64,
+    /// Its latest JOB record.
+    pub loc: Loc,
+    /// Its latest state.
+    pub state: Outcome,
+}
+
 /// What replay found: jobs still to deliver or kept as dead letters, and damage.
 pub struct Replay {
-    /// Live jobs with their last recorded state, in acceptance order. The
-    /// jobs carry no body or headers (those stay on disk, see `Loc`).
-    pub jobs: Vec<(Arc<Job>, Loc, Outcome)>,
+    /// Live jobs with their last recorded state, in acceptance order.
+    pub jobs: Vec<Restored>,
     /// The report of the scan.
     pub report: ScanReport,
 }
@@ -498,8 +519,8 @@ impl Spool {
             f.read_exact_at(&mut bytes, loc.off as u64)
                 .map_err(|e| format!("cannot read spool record: {e}"))?;
         }
-        match record_at(&bytes, 0).and_then(|(payload, _)| decode(payload)) {
-            Some(Record::Job(job, _)) => Ok(job),
+        match record_at(&bytes, 0).and_then(|(payload, _)| decode_job(payload)) {
+            Some(job) => Ok(job),
             _ => Err("spool record is damaged".into()),
         }
     }
@@ -729,12 +750,11 @@ impl Spool {
         let report = scan.report.clone();
         self.damage
             .fetch_add(report.corrupt_records, Ordering::Relaxed);
-        let mut jobs: Vec<(u64, Arc<Job>, Outcome, Loc)> = scan
-            .live
-            .into_values()
-            .map(|(job, o, loc, order)| (order, job, o, loc))
+        let jobs: Vec<Restored> = std::mem::take(&mut scan.slots)
+            .into_iter()
+            .flatten()
             .collect();
-        jobs.sort_unstable_by_key(|(order, ..)| *order);
+        scan.index = HashMap::new();
         {
             let mut inner = self.lock();
             for (n, info) in inner.segments.iter_mut() {
@@ -742,8 +762,8 @@ impl Spool {
                     info.records = *r;
                 }
             }
-            for (_, _, _, loc) in &jobs {
-                let i = inner.segments.entry(loc.seg).or_default();
+            for r in &jobs {
+                let i = inner.segments.entry(r.loc.seg).or_default();
                 i.live += 1;
                 i.records = i.records.max(i.live);
             }
@@ -776,10 +796,7 @@ impl Spool {
             inner.loaded = true;
         }
         self.wake.notify_one();
-        Replay {
-            jobs: jobs.into_iter().map(|(_, j, o, l)| (j, l, o)).collect(),
-            report,
-        }
+        Replay { jobs, report }
     }
 
     /// The oldest closed segment, if compacting it is worthwhile: at most a
@@ -1010,56 +1027,44 @@ impl<'a> Cur<'a> {
             attempts,
             next_ms,
             status: (status != 0).then_some(status),
-            error: self.opt_str()?,
+            error: self.opt_str()?.map(Into::into),
             snippet: self.opt_str()?,
             at_ms: self.u64()?,
         })
     }
 }
 
-/// A decoded record.
-enum Record {
-    Job(Arc<Job>, Outcome),
-    Outcome(Arc<str>, Outcome),
-}
-
-fn decode(payload: &[u8]) -> Option<Record> {
+/// Decodes a JOB record into the full request (`None` for anything else).
+fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
     let mut c = Cur(payload);
-    match c.u8()? {
-        REC_JOB => {
-            let id: Arc<str> = c.str()?.into();
-            let method = Method::from_bytes(c.bytes()?).ok()?;
-            let uri: Uri = c.str()?.parse().ok()?;
-            let n = c.u32()? as usize;
-            let mut headers = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                let k = HeaderName::from_bytes(c.bytes()?).ok()?;
-                let v = HeaderValue::from_bytes(c.bytes()?).ok()?;
-                headers.push((k, v));
-            }
-            let body = Bytes::copy_from_slice(c.bytes()?);
-            let job = Job {
-                id,
-                method,
-                uri,
-                headers,
-                body,
-                timeout_ms: c.u64()?,
-                max_attempts: c.u32()?,
-                accepted_ms: c.u64()?,
-                not_before_ms: c.u64()?,
-                expires_ms: c.u64()?,
-            };
-            let o = c.outcome()?;
-            c.0.is_empty().then(|| Record::Job(Arc::new(job), o))
-        }
-        REC_OUTCOME => {
-            let id: Arc<str> = c.str()?.into();
-            let o = c.outcome()?;
-            c.0.is_empty().then_some(Record::Outcome(id, o))
-        }
-        _ => None,
+    if c.u8()? != REC_JOB {
+        return None;
     }
+    let id: Arc<str> = c.str()?.into();
+    let method = Method::from_bytes(c.bytes()?).ok()?;
+    let uri: Uri = c.str()?.parse().ok()?;
+    let n = c.u32()? as usize;
+    let mut headers = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let k = HeaderName::from_bytes(c.bytes()?).ok()?;
+        let v = HeaderValue::from_bytes(c.bytes()?).ok()?;
+        headers.push((k, v));
+    }
+    let body = Bytes::copy_from_slice(c.bytes()?);
+    let job = Job {
+        id,
+        method,
+        uri,
+        headers,
+        body,
+        timeout_ms: c.u64()?,
+        max_attempts: c.u32()?,
+        accepted_ms: c.u64()?,
+        not_before_ms: c.u64()?,
+        expires_ms: c.u64()?,
+    };
+    c.outcome()?;
+    c.0.is_empty().then(|| Arc::new(job))
 }
 
 /// Reads segments, tolerating any content: the state of the spool as records
@@ -1067,14 +1072,18 @@ fn decode(payload: &[u8]) -> Option<Record> {
 pub struct Scanner {
     /// Cut torn tails off the files (false: read-only).
     repair: bool,
-    /// Live jobs: id → (job without body, state, its latest record, order).
-    live: HashMap<Arc<str>, (Arc<Job>, Outcome, Loc, u64)>,
+    /// Live jobs by id: index into `slots` (acceptance order; a finished
+    /// job leaves a hole).
+    index: HashMap<Arc<str>, u32>,
+    slots: Vec<Option<Restored>>,
+    /// Shared host keys and error strings.
+    hosts: HashMap<Box<str>, Arc<str>>,
+    errors: HashMap<Arc<str>, ()>,
     /// Keep every JOB record of the scanned segments (compaction).
     collect_jobs: bool,
     jobs: Vec<(Arc<Job>, Loc)>,
     /// Segments read to the end (damage skipped or cut, but understood).
     read_ok: std::collections::HashSet<u64>,
-    order: u64,
     seg_records: HashMap<u64, u64>,
     /// What was seen.
     pub report: ScanReport,
@@ -1085,11 +1094,13 @@ impl Scanner {
     pub fn new(repair: bool) -> Scanner {
         Scanner {
             repair,
-            live: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            hosts: HashMap::new(),
+            errors: HashMap::new(),
             collect_jobs: false,
             jobs: Vec::new(),
             read_ok: Default::default(),
-            order: 0,
             seg_records: HashMap::new(),
             report: ScanReport::default(),
         }
@@ -1108,8 +1119,8 @@ impl Scanner {
     pub fn finish(&mut self) {
         self.report.pending = 0;
         self.report.dead = 0;
-        for (_, o, _, _) in self.live.values() {
-            if o.dead_phase().is_some() {
+        for r in self.slots.iter().flatten() {
+            if r.state.dead_phase().is_some() {
                 self.report.dead += 1;
             } else {
                 self.report.pending += 1;
@@ -1164,7 +1175,12 @@ impl Scanner {
                         off: pos as u32,
                         len: (next - pos) as u32,
                     };
-                    match decode(payload) {
+                    if self.collect_jobs {
+                        if let Some(job) = decode_job(payload) {
+                            self.jobs.push((job, loc));
+                        }
+                    }
+                    match decode_meta(payload) {
                         Some(rec) => self.apply(rec, loc),
                         None => {
                             self.report.corrupt_records += 1;
@@ -1203,46 +1219,149 @@ impl Scanner {
         }
     }
 
-    fn apply(&mut self, rec: Record, loc: Loc) {
+    fn apply(&mut self, rec: Meta, loc: Loc) {
         self.report.records += 1;
         *self.seg_records.entry(loc.seg).or_default() += 1;
         match rec {
-            Record::Job(job, o) => {
-                if self.collect_jobs {
-                    self.jobs.push((job.clone(), loc));
+            Meta::Job {
+                id,
+                uri,
+                max_attempts,
+                accepted_ms,
+                not_before_ms,
+                expires_ms,
+                mut state,
+            } => {
+                if state.kind.finished() {
+                    self.forget(id);
+                    return;
                 }
-                // Bodies and headers stay on disk: replay memory follows the
-                // count of pending requests, not their size.
-                let job = if job.body.is_empty() && job.headers.is_empty() {
-                    job
-                } else {
-                    let mut lean = (*job).clone();
-                    lean.body = Bytes::new();
-                    lean.headers = Vec::new();
-                    Arc::new(lean)
+                let Ok(parsed) = uri.parse::<http::Uri>() else {
+                    self.report.corrupt_records += 1;
+                    return;
                 };
-                let order = self
-                    .live
-                    .get(&job.id)
-                    .map(|(.., ord)| *ord)
-                    .unwrap_or_else(|| {
-                        self.order += 1;
-                        self.order
-                    });
-                if o.kind.finished() {
-                    self.live.remove(&job.id);
-                } else {
-                    self.live.insert(job.id.clone(), (job, o, loc, order));
+                let key = crate::job::host_key(&parsed);
+                let host = match self.hosts.get(key.as_str()) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let h: Arc<str> = key.as_str().into();
+                        self.hosts.insert(key.into_boxed_str(), h.clone());
+                        h
+                    }
+                };
+                state.error = self.intern(state.error.take());
+                match self.index.get(id) {
+                    Some(&i) => {
+                        if let Some(r) = &mut self.slots[i as usize] {
+                            r.max_attempts = max_attempts;
+                            r.accepted_ms = accepted_ms;
+                            r.not_before_ms = not_before_ms;
+                            r.expires_ms = expires_ms;
+                            r.loc = loc;
+                            r.state = state;
+                            r.host = host;
+                        }
+                    }
+                    None => {
+                        let id: Arc<str> = id.into();
+                        self.index.insert(id.clone(), self.slots.len() as u32);
+                        self.slots.push(Some(Restored {
+                            id,
+                            host,
+                            max_attempts,
+                            accepted_ms,
+                            not_before_ms,
+                            expires_ms,
+                            loc,
+                            state,
+                        }));
+                    }
                 }
             }
-            Record::Outcome(id, o) => {
-                if o.kind.finished() {
-                    self.live.remove(&id);
-                } else if let Some(entry) = self.live.get_mut(&id) {
-                    entry.1 = o;
+            Meta::Outcome { id, mut state } => {
+                if state.kind.finished() {
+                    self.forget(id);
+                } else if let Some(&i) = self.index.get(id) {
+                    state.error = self.intern(state.error.take());
+                    if let Some(r) = &mut self.slots[i as usize] {
+                        r.state = state;
+                    }
                 }
             }
         }
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some(i) = self.index.remove(id) {
+            self.slots[i as usize] = None;
+        }
+    }
+
+    fn intern(&mut self, e: Option<Arc<str>>) -> Option<Arc<str>> {
+        let e = e?;
+        if let Some((k, _)) = self.errors.get_key_value(&*e) {
+            return Some(k.clone());
+        }
+        self.errors.insert(e.clone(), ());
+        Some(e)
+    }
+}
+
+/// A record as replay reads it: the fields that schedule a job, borrowed.
+enum Meta<'a> {
+    Job {
+        id: &'a str,
+        uri: &'a str,
+        max_attempts: u32,
+        accepted_ms: u64,
+        not_before_ms: u64,
+        expires_ms: u64,
+        state: Outcome,
+    },
+    Outcome {
+        id: &'a str,
+        state: Outcome,
+    },
+}
+
+/// Decodes a record without building the request (headers and body are
+/// skipped), for replay.
+fn decode_meta(payload: &[u8]) -> Option<Meta<'_>> {
+    let mut c = Cur(payload);
+    match c.u8()? {
+        REC_JOB => {
+            let id = c.str()?;
+            let method = c.bytes()?;
+            Method::from_bytes(method).ok()?;
+            let uri = c.str()?;
+            let n = c.u32()? as usize;
+            for _ in 0..n {
+                c.bytes()?;
+                c.bytes()?;
+            }
+            c.bytes()?;
+            let _timeout_ms = c.u64()?;
+            let max_attempts = c.u32()?;
+            let accepted_ms = c.u64()?;
+            let not_before_ms = c.u64()?;
+            let expires_ms = c.u64()?;
+            let state = c.outcome()?;
+            c.0.is_empty().then_some(Meta::Job {
+                id,
+                uri,
+                max_attempts,
+                accepted_ms,
+                not_before_ms,
+                expires_ms,
+                state,
+            })
+        }
+        REC_OUTCOME => {
+            let id = c.str()?;
+            let state = c.outcome()?;
+            c.0.is_empty().then_some(Meta::Outcome { id, state })
+        }
+        _ => None,
     }
 }
 
@@ -1291,16 +1410,23 @@ mod tests {
         dead.status = Some(404);
         encode_outcome(&mut buf, "a", &dead);
         let (p, next) = record_at(&buf, 0).unwrap();
-        match decode(p) {
-            Some(Record::Job(d, _)) => {
-                assert_eq!(d.uri, j.uri);
-                assert_eq!(d.body, j.body);
-                assert_eq!(d.headers, j.headers);
-            }
-            _ => panic!("job record"),
-        }
+        let d = decode_job(p).expect("job record");
+        assert_eq!(d.uri, j.uri);
+        assert_eq!(d.body, j.body);
+        assert_eq!(d.headers, j.headers);
+        assert!(matches!(
+            decode_meta(p),
+            Some(Meta::Job {
+                id: "a",
+                max_attempts: 3,
+                ..
+            })
+        ));
         let (p, _) = record_at(&buf, next).unwrap();
-        assert!(matches!(decode(p), Some(Record::Outcome(_, o)) if o.status == Some(404)));
+        assert!(decode_job(p).is_none());
+        assert!(
+            matches!(decode_meta(p), Some(Meta::Outcome { id: "a", state }) if state.status == Some(404))
+        );
     }
 
     /// Arbitrary bytes after a valid header never panic the scanner.
