@@ -1262,6 +1262,12 @@ fn write_results(o: &Opts, sizes: &Sizes, rows: &[Row]) {
         }
         s.push('\n');
     }
+    if !o.smoke {
+        let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("NOTES.md");
+        if let Ok(n) = std::fs::read_to_string(notes) {
+            s.push_str(&n);
+        }
+    }
     if let Some(parent) = o.out.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
