@@ -295,6 +295,9 @@ async fn serve(
                     spool.forget(loc);
                 }
             }
+            for r in replay.delivered {
+                engine.restore_delivered(r);
+            }
             info!(
                 pending,
                 dead,

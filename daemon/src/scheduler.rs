@@ -714,6 +714,48 @@ impl Engine {
         true
     }
 
+    /// Remembers a job delivered before the restart, for `status` only.
+    pub fn restore_delivered(&self, r: Restored) {
+        let history = self.dcfg().status_history;
+        let mut st = self.lock();
+        if st.entries.contains_key(&r.id) || history == 0 {
+            return;
+        }
+        let host = st.host_for_key(&r.host);
+        st.entries.insert(
+            r.id.clone(),
+            Entry {
+                job: JobRef::Gone,
+                committed: true,
+                host,
+                max_attempts: r.max_attempts,
+                expires_ms: r.expires_ms,
+                phase: Phase::Delivered,
+                attempts: r.state.attempts,
+                next_ms: u64::MAX,
+                accepted_ms: r.accepted_ms,
+                finished_ms: r.state.at_ms,
+                bytes: 0,
+                last_status: r.state.status,
+                last_error: None,
+                snippet: r.state.snippet.map(Into::into),
+                dead_seq: 0,
+            },
+        );
+        st.finished.push_back(r.id);
+        while st.finished.len() > history {
+            if let Some(old) = st.finished.pop_front() {
+                if st
+                    .entries
+                    .get(&old)
+                    .is_some_and(|e| e.phase == Phase::Delivered)
+                {
+                    st.entries.remove(&old);
+                }
+            }
+        }
+    }
+
     /// Re-appends the live jobs of the spool's oldest segment when few are
     /// left in it, so the segment can be deleted. Called from time to time.
     pub fn compact(&self) {

@@ -44,6 +44,8 @@ pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 16;
 const REC_JOB: u8 = 1;
 const REC_OUTCOME: u8 = 2;
+/// Delivered jobs replay remembers for `status`, at most.
+pub const DELIVERED_HISTORY: usize = 100_000;
 /// Added to the live count of a segment that must never be deleted.
 const PINNED: u64 = 1 << 40;
 /// No record is larger: a length field above it is damage, not data.
@@ -248,6 +250,10 @@ pub struct Restored {
 pub struct Replay {
     /// Live jobs with their last recorded state, in acceptance order.
     pub jobs: Vec<Restored>,
+    /// Jobs delivered in the segments still on disk (the most recent ones,
+    /// at most [`DELIVERED_HISTORY`]), so `status` of a recent id survives
+    /// a restart.
+    pub delivered: Vec<Restored>,
     /// The report of the scan.
     pub report: ScanReport,
 }
@@ -796,7 +802,11 @@ impl Spool {
             inner.loaded = true;
         }
         self.wake.notify_one();
-        Replay { jobs, report }
+        Replay {
+            jobs,
+            delivered: std::mem::take(&mut scan.delivered).into(),
+            report,
+        }
     }
 
     /// The oldest closed segment, if compacting it is worthwhile: at most a
@@ -1076,6 +1086,8 @@ pub struct Scanner {
     /// job leaves a hole).
     index: HashMap<Arc<str>, u32>,
     slots: Vec<Option<Restored>>,
+    /// Recently delivered jobs, oldest first, bounded.
+    delivered: std::collections::VecDeque<Restored>,
     /// Shared host keys and error strings.
     hosts: HashMap<Box<str>, Arc<str>>,
     errors: HashMap<Arc<str>, ()>,
@@ -1096,6 +1108,7 @@ impl Scanner {
             repair,
             index: HashMap::new(),
             slots: Vec::new(),
+            delivered: Default::default(),
             hosts: HashMap::new(),
             errors: HashMap::new(),
             collect_jobs: false,
@@ -1279,7 +1292,18 @@ impl Scanner {
                 }
             }
             Meta::Outcome { id, mut state } => {
-                if state.kind.finished() {
+                if state.kind == Kind::Delivered {
+                    if let Some(i) = self.index.remove(id) {
+                        if let Some(mut r) = self.slots[i as usize].take() {
+                            state.error = None;
+                            r.state = state;
+                            if self.delivered.len() == DELIVERED_HISTORY {
+                                self.delivered.pop_front();
+                            }
+                            self.delivered.push_back(r);
+                        }
+                    }
+                } else if state.kind.finished() {
                     self.forget(id);
                 } else if let Some(&i) = self.index.get(id) {
                     state.error = self.intern(state.error.take());

@@ -707,3 +707,24 @@ fn library_pipeline_reports_each_rejection() {
     assert_eq!(idx, [7, 1007, 2007]);
     sink.wait_for(2997, Duration::from_secs(60));
 }
+
+#[test]
+fn ttl_ends_retries_as_expired_and_keeps_a_dead_letter() {
+    let sink = Sink::with(|_, _| Reply::status(503));
+    let d = Daemon::start(FAST);
+    let id = d
+        .client()
+        .send(&Request::post(&sink.url("/ttl")).body("x").ttl_ms(300))
+        .unwrap();
+    d.wait_stats("expired", T, |s| s["expired"] == 1);
+    let st = d.client().status(&id).unwrap();
+    assert_eq!(st["state"], "expired", "{st}");
+    assert!(st["attempts"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["last_status"], 503);
+    let dead = d.client().dead(None).unwrap();
+    assert_eq!(dead[0]["id"], id.as_str());
+    // The request was given up within its ttl, not long after.
+    let finished = st["finished_ms"].as_u64().unwrap();
+    let accepted = st["accepted_ms"].as_u64().unwrap();
+    assert!(finished - accepted < 2_000, "{st}");
+}

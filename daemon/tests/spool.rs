@@ -386,3 +386,28 @@ fn an_unreadable_segment_is_set_aside_never_deleted() {
     assert!(d.logs().contains("set aside"), "{}", d.logs());
     assert_eq!(d.client().status("keep-me").unwrap()["state"], "waiting");
 }
+
+#[test]
+fn status_of_a_delivered_id_survives_a_restart() {
+    let sink = Sink::start();
+    let mut d = Daemon::start(FAST);
+    let id = d
+        .client()
+        .send(&Request::post(&sink.url("/done")).body("x"))
+        .unwrap();
+    d.wait_stats("delivered", T, |s| s["delivered"] == 1);
+    assert!(d.stop().success());
+    d.restart();
+    let deadline = Instant::now() + T;
+    let st = loop {
+        match d.client().status(&id) {
+            Ok(st) => break st,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(st["state"], "delivered", "{st}");
+    assert_eq!(st["last_status"], 200);
+    assert_eq!(st["attempts"], 1);
+    assert_eq!(sink.count(), 1, "not sent again");
+}
