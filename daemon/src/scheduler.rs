@@ -236,6 +236,9 @@ struct State {
 /// The scheduler and its handles: shared by connections (accept, ops), the
 /// dispatcher and delivery tasks.
 pub struct Engine {
+    /// A segment whose compaction moved nothing, and when: not re-read
+    /// every second while that stays so.
+    futile_compaction: Mutex<Option<(u64, Instant)>>,
     /// Reloadable on SIGHUP: swapped whole, read as a snapshot.
     delivery: RwLock<Arc<DeliveryConfig>>,
     destinations: RwLock<Arc<Destinations>>,
@@ -300,6 +303,7 @@ impl Engine {
     /// (`None`: memory only).
     pub fn new(cfg: &Config, deliverer: Arc<Deliverer>, spool: Option<Arc<Spool>>) -> Arc<Engine> {
         Arc::new(Engine {
+            futile_compaction: Mutex::new(None),
             delivery: RwLock::new(Arc::new(cfg.delivery.clone())),
             destinations: RwLock::new(Arc::new(destinations(cfg))),
             max_bytes: cfg.spool.max_bytes,
@@ -763,6 +767,16 @@ impl Engine {
         let Some(seg) = spool.compaction_candidate() else {
             return;
         };
+        {
+            let futile = self
+                .futile_compaction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if matches!(*futile, Some((s, at)) if s == seg && at.elapsed() < Duration::from_secs(60))
+            {
+                return;
+            }
+        }
         let jobs = spool.jobs_in(seg);
         let mut st = self.lock();
         let mut n = 0;
@@ -805,6 +819,16 @@ impl Engine {
         spool.retire(seg);
         drop(st);
         debug!(segment = seg, jobs = n, "compacted spool segment");
+        if n == 0 {
+            warn!(
+                segment = seg,
+                "spool segment counted live jobs the scheduler does not hold; left in place"
+            );
+            *self
+                .futile_compaction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((seg, Instant::now()));
+        }
     }
 
     /// Runs the dispatcher until the engine drains.
