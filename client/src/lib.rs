@@ -84,8 +84,10 @@ impl From<io::Error> for Error {
 }
 
 /// The socket path: `$FFD_SOCKET`, else `/run/ffd/ffd.sock` as root, else
-/// `$XDG_RUNTIME_DIR/ffd.sock`, else a per-user directory in the temp dir.
-/// The same rule as the daemon's, so both find each other without flags.
+/// `$XDG_RUNTIME_DIR/ffd.sock` when it exists (a user service), else
+/// `/run/ffd/ffd.sock` when it exists (the system service, for users in
+/// group `ffd`), else `$XDG_RUNTIME_DIR/ffd.sock` or a per-user directory in
+/// the temp dir: the daemon's rule, so both find each other without flags.
 pub fn default_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("FFD_SOCKET").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -93,11 +95,18 @@ pub fn default_socket() -> PathBuf {
     // /proc/self is owned by the effective uid: no libc needed to ask.
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let system = PathBuf::from("/run/ffd/ffd.sock");
     if uid == Some(0) {
-        return PathBuf::from("/run/ffd/ffd.sock");
+        return system;
     }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return Path::new(&dir).join("ffd.sock");
+    let user = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|p| !p.is_empty())
+        .map(|dir| Path::new(&dir).join("ffd.sock"));
+    match &user {
+        Some(p) if p.exists() => return p.clone(),
+        _ if system.exists() => return system,
+        Some(p) => return p.clone(),
+        None => {}
     }
     std::env::temp_dir()
         .join(format!("ffd-{}", uid.unwrap_or(0)))

@@ -321,7 +321,7 @@ async fn serve(
         });
     }
     info!(
-        socket = %cfg.socket.display(),
+        socket = %if is_activated { "(passed by the service manager)".to_string() } else { cfg.socket.display().to_string() },
         spool = %match cfg.spool.mode { SpoolMode::Disk => cfg.spool.dir.display().to_string(), SpoolMode::Memory => "memory".into() },
         pid = std::process::id(),
         "ffd ready"
