@@ -283,15 +283,34 @@ async fn serve(
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let s = spool.clone();
-            let Ok(replay) = tokio::task::spawn_blocking(move || s.replay_old()).await else {
-                return;
+            let replay = match tokio::task::spawn_blocking(move || s.replay_old()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool replay failed; pending requests stay on disk until the next start");
+                    return;
+                }
             };
             let r = &replay.report;
             let (pending, dead) = (r.pending, r.dead);
             let (corrupt, torn) = (r.corrupt_records, r.torn_bytes);
-            for r in replay.jobs {
+            let mut jobs = replay.jobs;
+            // Oldest first, so `stats` finds the oldest pending at the front.
+            jobs.sort_by_key(|r| r.accepted_ms);
+            for r in jobs {
+                let mut r = r;
                 let loc = r.loc;
-                if !engine.restore(r) {
+                let taken = loop {
+                    match engine.restore(r) {
+                        scheduler::RestoreResult::Taken(t) => break t,
+                        scheduler::RestoreResult::Wait(back) => {
+                            // A send with this id arrived during replay and
+                            // is being stored; if it fails, this copy stays.
+                            r = back;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                };
+                if !taken {
                     spool.forget(loc);
                 }
             }

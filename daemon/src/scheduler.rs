@@ -286,6 +286,17 @@ fn backoff(d: &DeliveryConfig) -> Backoff {
     }
 }
 
+/// A job handed to a delivery task: its id, where the request is, its host.
+type Start = (Arc<str>, JobRef, u32);
+
+/// What restoring a replayed job came to.
+pub enum RestoreResult {
+    /// Done: true if the job was taken, false if a newer send holds its id.
+    Taken(bool),
+    /// A send with the same id is still being stored: try again shortly.
+    Wait(Restored),
+}
+
 /// What reserving room for a send came to.
 enum Reserve {
     /// Room reserved; the entry waits for its spool write.
@@ -656,8 +667,9 @@ impl Engine {
 
     /// Restores a job read back from the spool at start-up, in its recorded
     /// state: pending (due at its next attempt) or a dead letter.
-    /// Returns false when a newer send with the same id already holds it.
-    pub fn restore(&self, r: Restored) -> bool {
+    /// `Taken(false)` when a newer send with the same id already holds it;
+    /// `Wait(r)` when that send is still being stored (its outcome decides).
+    pub fn restore(&self, r: Restored) -> RestoreResult {
         let Restored {
             id,
             host,
@@ -671,8 +683,21 @@ impl Engine {
         // What the spool holds for it, roughly (memory-mode accounting only).
         let bytes = loc.len as u64;
         let mut st = self.lock();
-        if st.entries.contains_key(&id) {
-            return false;
+        if let Some(e) = st.entries.get(&id) {
+            if !e.committed {
+                drop(st);
+                return RestoreResult::Wait(Restored {
+                    id,
+                    host,
+                    max_attempts,
+                    accepted_ms,
+                    not_before_ms,
+                    expires_ms,
+                    loc,
+                    state: o,
+                });
+            }
+            return RestoreResult::Taken(false);
         }
         let host = st.host_for_key(&host);
         let dead = o.dead_phase();
@@ -704,7 +729,7 @@ impl Engine {
                 e.dead_seq = seq;
             }
             st.dead.insert(seq, id);
-            return true;
+            return RestoreResult::Taken(true);
         }
         st.pending += 1;
         st.hosts[host as usize].pending += 1;
@@ -715,7 +740,7 @@ impl Engine {
         if kick {
             self.wake.notify_one();
         }
-        true
+        RestoreResult::Taken(true)
     }
 
     /// Remembers a job delivered before the restart, for `status` only.
@@ -780,6 +805,7 @@ impl Engine {
         let jobs = spool.jobs_in(seg);
         let mut st = self.lock();
         let mut n = 0;
+        let mut busy = 0;
         for (job, loc) in jobs {
             let Some(e) = st.entries.get_mut(&job.id) else {
                 continue;
@@ -792,6 +818,12 @@ impl Engine {
                 Phase::Dead => Kind::Dead,
                 Phase::Expired => Kind::Expired,
                 Phase::Delivered => continue,
+                // Its delivery task may be about to read the old record:
+                // moving it now could make that read fail. Next round.
+                Phase::InFlight => {
+                    busy += 1;
+                    continue;
+                }
                 _ => Kind::Retry,
             };
             let state = Outcome {
@@ -818,8 +850,8 @@ impl Engine {
         }
         spool.retire(seg);
         drop(st);
-        debug!(segment = seg, jobs = n, "compacted spool segment");
-        if n == 0 {
+        debug!(segment = seg, jobs = n, busy, "compacted spool segment");
+        if n == 0 && busy == 0 {
             warn!(
                 segment = seg,
                 "spool segment counted live jobs the scheduler does not hold; left in place"
@@ -841,21 +873,26 @@ impl Engine {
                 let starts = st.collect(now, &self.dcfg(), self.spool.as_deref());
                 (starts, st.timers.peek().map(|Reverse((at, _))| *at))
             };
-            for (id, job) in starts {
+            for start in starts {
                 let me = self.clone();
                 tokio::spawn(async move {
                     // A delivery task goes on with the next job that may
                     // start (round-robin, within the limits) instead of
                     // ending and waking the dispatcher: no spawn and no
                     // wake-up per request while there is work.
-                    let mut next = Some((id, job));
-                    while let Some((id, job)) = next.take() {
+                    let mut next = Some(start);
+                    while let Some((id, job, host)) = next.take() {
                         next = match me.load(&job) {
-                            Ok(job) => {
+                            Ok(job) if *job.id == *id => {
                                 let attempt = me.deliverer.attempt(&job).await;
-                                me.finish(&job, attempt)
+                                me.finish(&id, host, &job, attempt)
                             }
-                            Err(e) => me.unreadable(&id, e),
+                            Ok(_) => me.unreadable(
+                                &id,
+                                host,
+                                "spool record belongs to another request".into(),
+                            ),
+                            Err(e) => me.unreadable(&id, host, e),
                         };
                     }
                 });
@@ -887,24 +924,24 @@ impl Engine {
 
     /// A job whose spool record cannot be read can never be delivered: it
     /// becomes a dead letter that says why, instead of vanishing.
-    fn unreadable(&self, id: &Arc<str>, error: String) -> Option<(Arc<str>, JobRef)> {
+    fn unreadable(&self, id: &Arc<str>, host: u32, error: String) -> Option<Start> {
         let now = now_ms();
         let history = self.dcfg().status_history;
         let mut st = self.lock();
         st.in_flight -= 1;
-        let e = st.entries.get_mut(id)?;
-        let host = e.host as usize;
-        e.last_error = Some(error.as_str().into());
-        let attempts = e.attempts;
-        let at = e.job.loc();
-        st.hosts[host].in_flight -= 1;
-        error!(id = %id, error = %error, "cannot load request from the spool; kept as dead letter");
-        st.end(id, Phase::Dead, now, history);
-        if let Some(s) = &self.spool {
-            let mut o = Outcome::expired(attempts, now);
-            o.kind = Kind::Dead;
-            o.error = Some(error.into());
-            s.record(id, at, o);
+        st.hosts[host as usize].in_flight -= 1;
+        if let Some(e) = st.entries.get_mut(id) {
+            e.last_error = Some(error.as_str().into());
+            let attempts = e.attempts;
+            let at = e.job.loc();
+            error!(id = %id, error = %error, "cannot load request from the spool; kept as dead letter");
+            st.end(id, Phase::Dead, now, history);
+            if let Some(s) = &self.spool {
+                let mut o = Outcome::expired(attempts, now);
+                o.kind = Kind::Dead;
+                o.error = Some(error.into());
+                s.record(id, at, o);
+            }
         }
         drop(st);
         self.wake.notify_one();
@@ -913,16 +950,23 @@ impl Engine {
     }
 
     /// Applies an attempt's outcome; returns the next job for the same task.
-    fn finish(&self, job: &Arc<Job>, a: Attempt) -> Option<(Arc<str>, JobRef)> {
+    fn finish(&self, id: &Arc<str>, host: u32, job: &Arc<Job>, a: Attempt) -> Option<Start> {
         let now = now_ms();
         let dcfg = self.dcfg();
         // Set when a timer may now be due before the dispatcher's next wake.
         let mut kick = false;
         let mut st = self.lock();
+        let host = host as usize;
+        // Counters first: whatever happened to the entry, the slot is free.
         st.in_flight -= 1;
-        let host = st.entries.get(&job.id)?.host as usize;
+        st.hosts[host].in_flight -= 1;
         let st_last_error = st.hosts[host].last_error.clone();
-        let e = st.entries.get_mut(&job.id)?;
+        let Some(e) = st.entries.get_mut(id) else {
+            drop(st);
+            self.wake.notify_one();
+            self.idle.notify_waiters();
+            return None;
+        };
         e.attempts = e.attempts.saturating_add(1);
         e.last_status = a.status;
         // Many requests fail the same way: share the host's copy of the text.
@@ -936,10 +980,12 @@ impl Engine {
         let here = e.job.loc();
         // Only built when a log line will be written.
         let url = tracing::field::display(crate::job::Redacted(&job.uri));
-        st.hosts[host].in_flight -= 1;
         let end = match a.verdict {
             Verdict::Success => {
                 let h = &mut st.hosts[host];
+                // Leaving the half-open state raises the host's limit: the
+                // dispatcher must fill the new slots.
+                kick |= h.failures >= dcfg.breaker_threshold || h.paused_until > now;
                 h.failures = 0;
                 h.paused_until = 0;
                 h.cooldown_ms = 0;
@@ -950,6 +996,7 @@ impl Engine {
             Verdict::Final => {
                 // The host answered: it is alive, whatever it thought of the request.
                 let h = &mut st.hosts[host];
+                kick |= h.failures >= dcfg.breaker_threshold || h.paused_until > now;
                 h.failures = 0;
                 h.paused_until = 0;
                 h.cooldown_ms = 0;
@@ -1000,8 +1047,8 @@ impl Engine {
                     } else {
                         debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
                         st.counters.retried += 1;
-                        st.cool(&job.id);
-                        kick |= st.schedule(&job.id, at, true);
+                        st.cool(id);
+                        kick |= st.schedule(id, at, true);
                         if let Some(s) = &self.spool {
                             s.record(&job.id, here, Outcome::retry(attempts, at, &a, now));
                         }
@@ -1153,24 +1200,33 @@ impl Engine {
 
     /// `replay` op: dead letters go back to the queue with fresh attempts and ttl.
     pub fn replay(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+        // Read the requests back outside the state lock: replaying many
+        // dead letters must not stall every ACK meanwhile.
+        let picked: Vec<(Arc<str>, JobRef)> = {
+            let st = self.lock();
+            st.select_dead(id)?
+                .into_iter()
+                .filter_map(|id| st.entries.get(&id).map(|e| (id.clone(), e.job.clone())))
+                .collect()
+        };
+        let mut loaded = Vec::with_capacity(picked.len());
+        for (id, r) in picked {
+            match self.load(&r) {
+                Ok(j) => loaded.push((id, r, j)),
+                Err(err) => warn!(id = %id, error = %err, "cannot replay: request unreadable"),
+            }
+        }
         let now = now_ms();
         let mut st = self.lock();
-        let ids = st.select_dead(id)?;
-        for id in &ids {
-            let Some(e) = st.entries.get_mut(id) else {
+        let mut n = 0;
+        for (id, r, old) in loaded {
+            let Some(e) = st.entries.get_mut(&id) else {
                 continue;
             };
-            let r = e.job.clone();
-            let old = match self.load(&r) {
-                Ok(j) => j,
-                Err(err) => {
-                    warn!(id = %id, error = %err, "cannot replay: request unreadable");
-                    continue;
-                }
-            };
-            let Some(e) = st.entries.get_mut(id) else {
+            // Purged or replayed by someone else meanwhile.
+            if !matches!(e.phase, Phase::Dead | Phase::Expired) || e.job.loc() != r.loc() {
                 continue;
-            };
+            }
             let mut job = (*old).clone();
             let ttl = old.expires_ms.saturating_sub(old.accepted_ms);
             job.accepted_ms = now;
@@ -1183,18 +1239,23 @@ impl Engine {
             };
             e.attempts = 0;
             e.accepted_ms = now;
+            e.finished_ms = 0;
+            e.last_status = None;
+            e.last_error = None;
+            e.snippet = None;
             let seq = e.dead_seq;
             let host = e.host as usize;
             st.dead.remove(&seq);
             st.pending += 1;
             st.hosts[host].pending += 1;
             st.arrivals.push_back((now, id.clone()));
-            st.schedule(id, now, false);
+            st.schedule(&id, now, false);
+            n += 1;
         }
         drop(st);
-        info!(count = ids.len(), "dead letters replayed");
+        info!(count = n, "dead letters replayed");
         self.wake.notify_one();
-        Ok(ids.len())
+        Ok(n)
     }
 
     /// `purge` op: dead letters are forgotten.
@@ -1472,12 +1533,7 @@ impl State {
     /// Fires due timers and picks the jobs to start now, within the limits.
     /// Requests found expired on the way are recorded in the spool here,
     /// under the state lock like every other state change.
-    fn collect(
-        &mut self,
-        now: u64,
-        cfg: &DeliveryConfig,
-        spool: Option<&Spool>,
-    ) -> Vec<(Arc<str>, JobRef)> {
+    fn collect(&mut self, now: u64, cfg: &DeliveryConfig, spool: Option<&Spool>) -> Vec<Start> {
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -1510,12 +1566,7 @@ impl State {
 
     /// Takes the next job to start, round-robin over the hosts that may take
     /// one more, or `None` when nothing can start now. Marks it in flight.
-    fn take_one(
-        &mut self,
-        now: u64,
-        cfg: &DeliveryConfig,
-        spool: Option<&Spool>,
-    ) -> Option<(Arc<str>, JobRef)> {
+    fn take_one(&mut self, now: u64, cfg: &DeliveryConfig, spool: Option<&Spool>) -> Option<Start> {
         let n = self.hosts.len();
         if self.draining || n == 0 {
             return None;
@@ -1571,7 +1622,7 @@ impl State {
                 let job = e.job.clone();
                 self.hosts[hi].in_flight += 1;
                 self.in_flight += 1;
-                return Some((id, job));
+                return Some((id, job, hi as u32));
             }
             if !popped {
                 return None;

@@ -743,10 +743,14 @@ impl Spool {
     /// live jobs. Torn tails are cut off; corrupt records are skipped and
     /// counted. Runs on a blocking thread; appends go on meanwhile.
     pub fn replay_old(&self) -> Replay {
-        let segs: Vec<u64> = list_segments(&self.dir)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| *n < self.first_new_segment)
+        // The segments registered at open, not a second listing: a listing
+        // that failed now would look like an empty spool, and every old
+        // segment would then be deleted as finished.
+        let segs: Vec<u64> = self
+            .lock()
+            .segments
+            .range(..self.first_new_segment)
+            .map(|(n, _)| *n)
             .collect();
         let mut scan = Scanner::new(true);
         for n in &segs {

@@ -728,3 +728,40 @@ fn ttl_ends_retries_as_expired_and_keeps_a_dead_letter() {
     let accepted = st["accepted_ms"].as_u64().unwrap();
     assert!(finished - accepted < 2_000, "{st}");
 }
+
+#[test]
+fn a_recovered_host_gets_its_full_concurrency_back() {
+    let sink = Sink::with(|_, i| {
+        if i < 8 {
+            Reply::status(503)
+        } else {
+            Reply::status(200).delay(Duration::from_millis(300))
+        }
+    });
+    // Failed requests retry only in a minute and the pause lasts a minute:
+    // what ends the pause is a request that was already in flight when the
+    // breaker tripped and then succeeds.
+    let cfg = "[delivery]\nmax_in_flight_per_host = 8\nbreaker_threshold = 2\nbreaker_cooldown_ms = 60000\nbreaker_cooldown_max_ms = 60000\nbackoff_base_ms = 60000\nbackoff_max_ms = 60000\n";
+    let d = Daemon::start(cfg);
+    let mut c = d.client();
+    let mut p = c.pipeline();
+    for i in 0..40 {
+        p.send(&Request::get(&sink.url(&format!("/r{i}")))).unwrap();
+    }
+    p.finish().unwrap();
+    d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
+    // Once a request succeeds, the host is healthy: 8 run at once again.
+    let deadline = Instant::now() + T;
+    loop {
+        let running = sink.count() - sink.completed();
+        if running >= 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck at {running} in flight: {}",
+            d.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
