@@ -27,6 +27,11 @@ use std::path::{Path, PathBuf};
 
 pub use ffd_proto;
 
+/// The README's Rust example, compiled by `cargo test` so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;
+
 /// Why a call failed.
 #[derive(Debug)]
 pub enum Error {
