@@ -69,9 +69,25 @@ pub enum SpoolError {
     /// The write or sync failed; nothing of the batch was acknowledged.
     #[error("spool write failed: {0}")]
     Io(String),
+    /// The file system under the spool is full (or over quota): the same
+    /// answer as a spool at `max_bytes`, which the caller can retry.
+    #[error("the disk under the spool is full ({0}); nothing was accepted, try again later")]
+    DiskFull(String),
     /// The writer has stopped (shutting down).
     #[error("spool is closed")]
     Closed,
+}
+
+/// Sorts an I/O error: a full disk is `DiskFull`, the rest `Io`.
+fn io_error(e: &std::io::Error) -> SpoolError {
+    let full = e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+    if full {
+        SpoolError::DiskFull(e.to_string())
+    } else {
+        SpoolError::Io(e.to_string())
+    }
 }
 
 impl SpoolError {
@@ -79,6 +95,7 @@ impl SpoolError {
     pub fn code(&self) -> ErrorCode {
         match self {
             SpoolError::Io(_) => ErrorCode::Internal,
+            SpoolError::DiskFull(_) => ErrorCode::SpoolFull,
             SpoolError::Closed => ErrorCode::ShuttingDown,
         }
     }
@@ -322,7 +339,10 @@ struct SegInfo {
 /// Everything about the files, behind one mutex.
 struct Inner {
     current: u64,
-    file: Arc<File>,
+    /// `None` while the segment could not be created (a full disk at
+    /// start): ffd runs, delivers its backlog, and creates it on the first
+    /// write that finds room.
+    file: Option<Arc<File>>,
     len: u64,
     /// Encoded records not yet written (outcomes wait here for the flusher
     /// or the next append; appends write at once).
@@ -395,24 +415,41 @@ impl Spool {
             })?,
             None => 1,
         };
-        let (file, len) = create_segment(dir, first_new, fsync)
-            .with_context(|| format!("cannot create a segment in {}", dir.display()))?;
-        segments.insert(
-            first_new,
-            SegInfo {
-                bytes: len,
-                live: 0,
-                records: 0,
-            },
-        );
-        total += len;
+        let (file, len) = match create_segment(dir, first_new, fsync) {
+            Ok((f, len)) => {
+                segments.insert(
+                    first_new,
+                    SegInfo {
+                        bytes: len,
+                        live: 0,
+                        records: 0,
+                    },
+                );
+                (Some(Arc::new(f)), len)
+            }
+            Err(e) if matches!(io_error(&e), SpoolError::DiskFull(_)) => {
+                // Start anyway: the backlog can still be delivered, which
+                // frees room; sends get `spool_full` until then.
+                warn!(dir = %dir.display(), error = %e, "disk full at start: new requests get spool_full until there is room");
+                // Offsets are computed as if the header were there: it will
+                // be, before any record lands.
+                (None, HEADER_LEN)
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create a segment in {}", dir.display()))
+            }
+        };
+        if file.is_some() {
+            total += len;
+        }
         let spool = Arc::new(Spool {
             dir: dir.to_path_buf(),
             fsync,
             segment_bytes,
             inner: Mutex::new(Inner {
                 current: first_new,
-                file: Arc::new(file),
+                file,
                 len,
                 buf: Vec::with_capacity(1 << 16),
                 segments,
@@ -468,7 +505,7 @@ impl Spool {
                     i.live = i.live.saturating_sub(jobs.len() as u64);
                     i.records = i.records.saturating_sub(jobs.len() as u64);
                 }
-                return Err(SpoolError::Io(e));
+                return Err(e);
             }
             inner.written
         };
@@ -542,8 +579,9 @@ impl Spool {
             (inner.file.clone(), inner.written)
         };
         // Older segments were synced when they were closed (`roll`).
-        file.sync_data()
-            .map_err(|e| SpoolError::Io(e.to_string()))?;
+        if let Some(file) = file {
+            file.sync_data().map_err(|e| io_error(&e))?;
+        }
         *synced = upto;
         Ok(())
     }
@@ -614,7 +652,9 @@ impl Spool {
     pub async fn close(&self) {
         let mut inner = self.lock();
         let _ = self.write_out(&mut inner);
-        let _ = inner.file.sync_all();
+        if let Some(f) = &inner.file {
+            let _ = f.sync_all();
+        }
         inner.closed = true;
         drop(inner);
         self.wake.notify_one();
@@ -622,17 +662,28 @@ impl Spool {
 
     /// Writes `buf` to the current segment;
     /// starts a new segment when the current one is full.
-    fn write_out(&self, inner: &mut Inner) -> Result<(), String> {
+    fn write_out(&self, inner: &mut Inner) -> Result<(), SpoolError> {
         if inner.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = (&*inner.file).write_all(&inner.buf) {
+        if inner.file.is_none() {
+            let (f, len) =
+                create_segment(&self.dir, inner.current, self.fsync).map_err(|e| io_error(&e))?;
+            inner.file = Some(Arc::new(f));
+            inner.len = len;
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            let current = inner.current;
+            inner.segments.entry(current).or_default().bytes = len;
+            info!("spool segment created: there is room on the disk again");
+        }
+        let file = inner.file.clone().expect("created above");
+        if let Err(e) = (&*file).write_all(&inner.buf) {
             // A short write may have left part of a record: cut the file
             // back so the next record starts at a record boundary.
-            let _ = inner.file.set_len(inner.len);
-            let _ = (&*inner.file).seek(std::io::SeekFrom::Start(inner.len));
+            let _ = file.set_len(inner.len);
+            let _ = (&*file).seek(std::io::SeekFrom::Start(inner.len));
             error!(error = %e, "spool write failed");
-            return Err(e.to_string());
+            return Err(io_error(&e));
         }
         let n = inner.buf.len() as u64;
         inner.buf.clear();
@@ -654,11 +705,13 @@ impl Spool {
 
     fn roll(&self, inner: &mut Inner) -> std::io::Result<()> {
         if self.fsync == FsyncMode::Always {
-            inner.file.sync_all()?;
+            if let Some(f) = &inner.file {
+                f.sync_all()?;
+            }
         }
         let next = inner.current + 1;
         let (file, len) = create_segment(&self.dir, next, self.fsync)?;
-        inner.file = Arc::new(file);
+        inner.file = Some(Arc::new(file));
         inner.current = next;
         inner.len = len;
         self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -718,7 +771,9 @@ impl Spool {
             // disk before the file goes, or a power loss could bring back a
             // state in which the job is live and its record is gone.
             if self.fsync == FsyncMode::Always {
-                let _ = inner.file.sync_data();
+                if let Some(f) = &inner.file {
+                    let _ = f.sync_data();
+                }
             }
             let path = seg_path(&self.dir, n);
             match std::fs::remove_file(&path) {
@@ -899,10 +954,19 @@ fn create_segment(dir: &Path, n: u64, fsync: FsyncMode) -> std::io::Result<(File
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    f.write_all(&header)?;
-    if fsync == FsyncMode::Always {
-        f.sync_data()?;
-        sync_dir(dir);
+    let written = f.write_all(&header).and_then(|_| {
+        if fsync == FsyncMode::Always {
+            f.sync_data()?;
+            sync_dir(dir);
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        // No half-made segment left behind: the next try must be able to
+        // create it, and a restart must not trip over it.
+        drop(f);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
     Ok((f, HEADER_LEN))
 }

@@ -411,3 +411,73 @@ fn status_of_a_delivered_id_survives_a_restart() {
     assert_eq!(st["attempts"], 1);
     assert_eq!(sink.count(), 1, "not sent again");
 }
+
+/// Unmounts a test file system however the test ends.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_spool_full_and_loses_nothing_acknowledged() {
+    let sink = Sink::with(|_, _| Reply::status(503));
+    let mut d = Daemon::prepare(FAST, &[], &[]);
+    std::fs::create_dir_all(&d.spool).unwrap();
+    // A 256 KiB file system under the spool; ffd's own limit stays at 1 GiB.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&d.spool)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let _mount = Mount(d.spool.clone());
+    d.restart();
+    let mut c = d.client();
+    let body = "z".repeat(2000);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..1000 {
+        match c.send(
+            &Request::post(&sink.url("/full"))
+                .id(&format!("f-{i}"))
+                .body(body.clone()),
+        ) {
+            Ok(id) => acked.push(id),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    match refused {
+        Some(ffclient::Error::Rejected {
+            code_str, message, ..
+        }) => {
+            assert_eq!(code_str, "spool_full", "{message}");
+            assert!(message.contains("disk"), "{message}");
+        }
+        other => panic!(
+            "expected spool_full after {} sends, got {other:?}",
+            acked.len()
+        ),
+    }
+    assert!(acked.len() > 20, "{}", acked.len());
+    c.ping().unwrap();
+    // Every acknowledged request is on the disk: a restart finds them all.
+    assert!(d.stop().success());
+    d.restart();
+    d.wait_stats("replayed", T, |s| {
+        s["queued"].as_u64().unwrap() + s["in_flight"].as_u64().unwrap() >= acked.len() as u64
+    });
+    let mut c = d.client();
+    for id in &acked {
+        assert!(c.status(id).is_ok(), "{id} lost");
+    }
+}

@@ -338,8 +338,15 @@ impl Daemon {
 
     /// Starts ffd with `config`, extra flags and extra environment.
     pub fn start_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::prepare(config, args, env);
+        d.spawn();
+        d
+    }
+
+    /// Sets up the temp dir and config without starting ffd (`restart` starts it).
+    pub fn prepare(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir: tmp.path().to_path_buf(),
             socket: tmp.path().join("ffd.sock"),
             spool: tmp.path().join("spool"),
@@ -352,9 +359,7 @@ impl Daemon {
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
             _tmp: Some(tmp),
-        };
-        d.spawn();
-        d
+        }
     }
 
     fn spawn(&mut self) {
