@@ -175,6 +175,8 @@ impl Entries {
 }
 
 struct Host {
+    /// In `State::active`.
+    active: bool,
     key: String,
     fresh: VecDeque<Arc<str>>,
     retry: VecDeque<Arc<str>>,
@@ -228,7 +230,9 @@ struct State {
     /// `stats` does not walk every entry.
     arrivals: VecDeque<(u64, Arc<str>)>,
     restored: VecDeque<(u64, Arc<str>)>,
-    rr: usize,
+    /// Hosts with queued work, in round-robin order: dispatch looks only at
+    /// these, not at every host ever seen.
+    active: VecDeque<u32>,
     draining: bool,
     counters: Counters,
 }
@@ -334,7 +338,7 @@ impl Engine {
                 hot_bytes: 0,
                 arrivals: VecDeque::new(),
                 restored: VecDeque::new(),
-                rr: 0,
+                active: VecDeque::new(),
                 draining: false,
                 counters: Counters::default(),
             }),
@@ -1310,6 +1314,7 @@ fn entry_json(id: &str, e: &Entry, st: &State) -> Value {
 /// Puts an entry in its host's queue (due now) or on the timer heap.
 /// Returns whether the dispatcher must look: work is ready, or the
 /// earliest timer moved earlier than the one it sleeps for.
+#[allow(clippy::too_many_arguments)]
 fn place(
     e: &mut Entry,
     id: &Arc<str>,
@@ -1317,17 +1322,13 @@ fn place(
     retry: bool,
     now: u64,
     hosts: &mut [Host],
+    active: &mut VecDeque<u32>,
     timers: &mut BinaryHeap<Reverse<(u64, Timer)>>,
 ) -> bool {
     if at <= now {
         e.phase = Phase::Queued;
         e.next_ms = u64::MAX;
-        let h = &mut hosts[e.host as usize];
-        if retry {
-            h.retry.push_back(id.clone());
-        } else {
-            h.fresh.push_back(id.clone());
-        }
+        enqueue(hosts, active, e.host, id.clone(), retry);
         true
     } else {
         e.phase = Phase::Waiting;
@@ -1335,6 +1336,20 @@ fn place(
         let earliest = timers.peek().is_none_or(|Reverse((first, _))| at < *first);
         timers.push(Reverse((at, Timer::Entry(id.clone()))));
         earliest
+    }
+}
+
+/// Appends a queued id to its host's queue, and the host to the active ones.
+fn enqueue(hosts: &mut [Host], active: &mut VecDeque<u32>, host: u32, id: Arc<str>, retry: bool) {
+    let h = &mut hosts[host as usize];
+    if retry {
+        h.retry.push_back(id);
+    } else {
+        h.fresh.push_back(id);
+    }
+    if !h.active {
+        h.active = true;
+        active.push_back(host);
     }
 }
 
@@ -1395,6 +1410,7 @@ impl State {
         }
         let i = self.hosts.len() as u32;
         self.hosts.push(Host {
+            active: false,
             key: key.to_string(),
             fresh: VecDeque::new(),
             retry: VecDeque::new(),
@@ -1442,6 +1458,7 @@ impl State {
             false,
             now_ms(),
             &mut self.hosts,
+            &mut self.active,
             &mut self.timers,
         )
     }
@@ -1457,6 +1474,7 @@ impl State {
                 retry,
                 now_ms(),
                 &mut self.hosts,
+                &mut self.active,
                 &mut self.timers,
             ),
             None => false,
@@ -1547,12 +1565,8 @@ impl State {
                         e.phase = Phase::Queued;
                         e.next_ms = u64::MAX;
                         let retry = e.attempts > 0;
-                        let h = &mut self.hosts[e.host as usize];
-                        if retry {
-                            h.retry.push_back(id);
-                        } else {
-                            h.fresh.push_back(id);
-                        }
+                        let host = e.host;
+                        enqueue(&mut self.hosts, &mut self.active, host, id, retry);
                     }
                 }
             }
@@ -1567,21 +1581,23 @@ impl State {
     /// Takes the next job to start, round-robin over the hosts that may take
     /// one more, or `None` when nothing can start now. Marks it in flight.
     fn take_one(&mut self, now: u64, cfg: &DeliveryConfig, spool: Option<&Spool>) -> Option<Start> {
-        let n = self.hosts.len();
-        if self.draining || n == 0 {
+        if self.draining {
             return None;
         }
-        // Hosts with nothing eligible are skipped; a round with no job
-        // taken (only stale or expired ids popped) is tried again.
+        // Only hosts with queued work are looked at, in rotation; a round
+        // with no job taken (only stale or expired ids popped) is tried again.
         loop {
             if self.in_flight >= cfg.max_in_flight {
                 return None;
             }
             let mut popped = false;
-            for k in 0..n {
-                let hi = (self.rr + k) % n;
-                let h = &mut self.hosts[hi];
-                if (h.fresh.is_empty() && h.retry.is_empty()) || h.paused_until > now {
+            for _ in 0..self.active.len() {
+                let Some(hi) = self.active.pop_front() else {
+                    break;
+                };
+                let h = &mut self.hosts[hi as usize];
+                if h.fresh.is_empty() && h.retry.is_empty() {
+                    h.active = false;
                     continue;
                 }
                 // Half-open: a host that tripped the breaker gets one probe at a time.
@@ -1590,7 +1606,8 @@ impl State {
                 } else {
                     cfg.max_in_flight_per_host
                 };
-                if h.in_flight >= limit {
+                if h.paused_until > now || h.in_flight >= limit {
+                    self.active.push_back(hi);
                     continue;
                 }
                 let take_retry = (h.retry_turn && !h.retry.is_empty()) || h.fresh.is_empty();
@@ -1600,10 +1617,14 @@ impl State {
                     h.fresh.pop_front()
                 };
                 h.retry_turn = !take_retry;
+                // Back of the line while it has work: round-robin.
+                if h.fresh.is_empty() && h.retry.is_empty() {
+                    h.active = false;
+                } else {
+                    self.active.push_back(hi);
+                }
                 let Some(id) = id else { continue };
                 popped = true;
-                // The next call starts with the host after this one.
-                self.rr = (hi + 1) % n;
                 let Some(e) = self.entries.get_mut(&id) else {
                     break;
                 };
@@ -1620,9 +1641,9 @@ impl State {
                 }
                 e.phase = Phase::InFlight;
                 let job = e.job.clone();
-                self.hosts[hi].in_flight += 1;
+                self.hosts[hi as usize].in_flight += 1;
                 self.in_flight += 1;
-                return Some((id, job, hi as u32));
+                return Some((id, job, hi));
             }
             if !popped {
                 return None;
