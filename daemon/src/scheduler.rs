@@ -674,6 +674,13 @@ impl Engine {
     /// `Taken(false)` when a newer send with the same id already holds it;
     /// `Wait(r)` when that send is still being stored (its outcome decides).
     pub fn restore(&self, r: Restored) -> RestoreResult {
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get(&r.id) {
+            if !e.committed {
+                return RestoreResult::Wait(r);
+            }
+            return RestoreResult::Taken(false);
+        }
         let Restored {
             id,
             host,
@@ -686,23 +693,6 @@ impl Engine {
         } = r;
         // What the spool holds for it, roughly (memory-mode accounting only).
         let bytes = loc.len as u64;
-        let mut st = self.lock();
-        if let Some(e) = st.entries.get(&id) {
-            if !e.committed {
-                drop(st);
-                return RestoreResult::Wait(Restored {
-                    id,
-                    host,
-                    max_attempts,
-                    accepted_ms,
-                    not_before_ms,
-                    expires_ms,
-                    loc,
-                    state: o,
-                });
-            }
-            return RestoreResult::Taken(false);
-        }
         let host = st.host_for_key(&host);
         let dead = o.dead_phase();
         st.entries.insert(
@@ -987,12 +977,7 @@ impl Engine {
         let end = match a.verdict {
             Verdict::Success => {
                 let h = &mut st.hosts[host];
-                // Leaving the half-open state raises the host's limit: the
-                // dispatcher must fill the new slots.
-                kick |= h.failures >= dcfg.breaker_threshold || h.paused_until > now;
-                h.failures = 0;
-                h.paused_until = 0;
-                h.cooldown_ms = 0;
+                kick |= h.answered(now, dcfg.breaker_threshold);
                 h.last_success_ms = now;
                 debug!(id = %job.id, url, status = a.status, attempts, "delivered");
                 Some(Phase::Delivered)
@@ -1000,10 +985,7 @@ impl Engine {
             Verdict::Final => {
                 // The host answered: it is alive, whatever it thought of the request.
                 let h = &mut st.hosts[host];
-                kick |= h.failures >= dcfg.breaker_threshold || h.paused_until > now;
-                h.failures = 0;
-                h.paused_until = 0;
-                h.cooldown_ms = 0;
+                kick |= h.answered(now, dcfg.breaker_threshold);
                 h.last_failure_ms = now;
                 h.last_error = err.clone();
                 warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
@@ -1336,6 +1318,19 @@ fn place(
         let earliest = timers.peek().is_none_or(|Reverse((first, _))| at < *first);
         timers.push(Reverse((at, Timer::Entry(id.clone()))));
         earliest
+    }
+}
+
+impl Host {
+    /// The host answered (any status): the breaker closes. Returns whether
+    /// it was limited (paused or half-open), in which case leaving that
+    /// state raises its limit and the dispatcher must fill the new slots.
+    fn answered(&mut self, now: u64, threshold: u32) -> bool {
+        let was_limited = self.failures >= threshold || self.paused_until > now;
+        self.failures = 0;
+        self.paused_until = 0;
+        self.cooldown_ms = 0;
+        was_limited
     }
 }
 
