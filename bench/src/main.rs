@@ -1104,6 +1104,17 @@ fn wrk(url: &str, conc: usize, smoke: bool) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// How long each of `n` calls of `f` took, in µs.
+fn timed(n: usize, mut f: impl FnMut()) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e6
+        })
+        .collect()
+}
+
 /// (name, blocked p50 µs, blocked p99 µs, seconds until all delivered)
 fn recipes(o: &Opts, sink: &Sink, f: &Ffd, n: usize) -> Vec<(String, f64, f64, f64)> {
     let mut out = Vec::new();
@@ -1112,13 +1123,10 @@ fn recipes(o: &Opts, sink: &Sink, f: &Ffd, n: usize) -> Vec<(String, f64, f64, f
     let base = sink.count();
     let t = Instant::now();
     let mut c = ffclient::Client::connect(&f.socket).unwrap();
-    let mut lat = Vec::new();
-    for _ in 0..n {
-        let s = Instant::now();
+    let mut lat = timed(n, || {
         c.send(&ffclient::Request::post(&url).body("b".repeat(120)))
             .unwrap();
-        lat.push(s.elapsed().as_secs_f64() * 1e6);
-    }
+    });
     let total = sink
         .wait_until(base + n as u64, t, Duration::from_secs(120))
         .unwrap();
@@ -1131,14 +1139,11 @@ fn recipes(o: &Opts, sink: &Sink, f: &Ffd, n: usize) -> Vec<(String, f64, f64, f
     // ffd through the Rust library, pipelined.
     let base = sink.count();
     let t = Instant::now();
-    let mut lat = Vec::new();
     let mut p = c.pipeline();
-    for _ in 0..n {
-        let s = Instant::now();
+    let mut lat = timed(n, || {
         p.send(&ffclient::Request::post(&url).body("b".repeat(120)))
             .unwrap();
-        lat.push(s.elapsed().as_secs_f64() * 1e6);
-    }
+    });
     let report = p.finish().unwrap();
     assert!(report.rejected.is_empty());
     let total = sink
