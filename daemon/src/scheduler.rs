@@ -14,7 +14,7 @@ use crate::config::{Config, DeliveryConfig, WhenFull};
 use crate::deliver::{Attempt, Deliverer};
 use crate::job::{host_key, Job};
 use crate::retry::{Backoff, Verdict};
-use crate::spool::{Kind, Loc, Outcome, Restored, Spool};
+use crate::spool::{Kind, Loc, Outcome, Restored, Spool, SpoolError};
 use bytes::Bytes;
 use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
 use http::{HeaderName, HeaderValue, Uri};
@@ -572,7 +572,18 @@ impl Engine {
         if let Some(spool) = &self.spool {
             if !fresh.is_empty() {
                 let batch: Vec<Arc<Job>> = fresh.iter().map(|(_, j, _)| j.clone()).collect();
-                match spool.append(batch).await {
+                let appended = loop {
+                    match spool.append(batch.clone()).await {
+                        // `when_full = "block"`: a full disk waits like a full spool.
+                        Err(SpoolError::DiskFull(_))
+                            if self.when_full == WhenFull::Block && !self.lock().draining =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                match appended {
                     Ok(l) => locs = l,
                     Err(e) => {
                         let mut st = self.lock();

@@ -354,6 +354,12 @@ struct Inner {
     written: u64,
     /// Segments the compactor asked to delete once free.
     retire: Vec<u64>,
+    /// JOB-record copies (compaction, dead-letter replay) in `buf`: while
+    /// any waits there, a segment that looks free may hold the only
+    /// written copy of a job, so no segment is deleted.
+    copies: usize,
+    /// After a failed segment creation (full disk), not before this.
+    create_retry_at: Option<std::time::Instant>,
     /// Open read handles of segments, for loading jobs at delivery time.
     readers: HashMap<u64, Arc<File>>,
     closed: bool,
@@ -456,6 +462,8 @@ impl Spool {
                 loaded: false,
                 written: 0,
                 retire: Vec::new(),
+                copies: 0,
+                create_retry_at: None,
                 readers: HashMap::new(),
                 closed: false,
             }),
@@ -616,6 +624,7 @@ impl Spool {
         let mut inner = self.lock();
         let was_empty = inner.buf.is_empty();
         let loc = encode_job_at(&mut inner, job, &state);
+        inner.copies += 1;
         if let Some(old) = old {
             inner.unlive(old.seg);
         }
@@ -667,8 +676,20 @@ impl Spool {
             return Ok(());
         }
         if inner.file.is_none() {
-            let (f, len) =
-                create_segment(&self.dir, inner.current, self.fsync).map_err(|e| io_error(&e))?;
+            let now = std::time::Instant::now();
+            if inner.create_retry_at.is_some_and(|t| now < t) {
+                return Err(SpoolError::DiskFull(
+                    "still no room for a new segment".into(),
+                ));
+            }
+            let (f, len) = match create_segment(&self.dir, inner.current, self.fsync) {
+                Ok(x) => x,
+                Err(e) => {
+                    inner.create_retry_at = Some(now + Duration::from_millis(200));
+                    return Err(io_error(&e));
+                }
+            };
+            inner.create_retry_at = None;
             inner.file = Some(Arc::new(f));
             inner.len = len;
             self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -687,6 +708,7 @@ impl Spool {
         }
         let n = inner.buf.len() as u64;
         inner.buf.clear();
+        inner.copies = 0;
         inner.len += n;
         inner.written += 1;
         self.bytes.fetch_add(n, Ordering::Relaxed);
@@ -748,12 +770,20 @@ impl Spool {
             drop(inner);
             std::thread::sleep(FLUSH_GATHER);
             inner = self.lock();
-            let _ = self.write_out(&mut inner);
+            let failed = self.write_out(&mut inner).is_err();
             inner.retire.clear();
-            // Only with every buffered record written: a segment may be free
-            // only because a copy of its job sits in the buffer.
-            if inner.buf.is_empty() {
+            // Not while a job copy waits in the buffer: its segment may look
+            // free only because of that copy. Outcomes waiting there do not
+            // matter: deleting a finished job's segment deletes its record
+            // too, and that is what frees room on a full disk.
+            if inner.copies == 0 {
                 self.remove_finished(&mut inner);
+            }
+            if failed {
+                // Full disk or I/O error: try again later, not every millisecond.
+                drop(inner);
+                std::thread::sleep(Duration::from_millis(100));
+                inner = self.lock();
             }
         }
     }
@@ -878,7 +908,8 @@ impl Spool {
     /// dead letters, sends delayed by a day).
     pub fn compaction_candidate(&self) -> Option<u64> {
         let inner = self.lock();
-        if inner.segments.len() < 2 || !inner.loaded {
+        // Copies could not be written without a segment to write them to.
+        if inner.segments.len() < 2 || !inner.loaded || inner.file.is_none() {
             return None;
         }
         let mut it = inner.segments.iter();

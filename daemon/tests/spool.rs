@@ -480,4 +480,22 @@ fn a_full_disk_answers_spool_full_and_loses_nothing_acknowledged() {
     for id in &acked {
         assert!(c.status(id).is_ok(), "{id} lost");
     }
+    // It started on a full disk; delivering the backlog frees its segment,
+    // and then it accepts again without anyone making room.
+    sink.set(|_, _| Reply::status(200));
+    d.wait_stats("backlog delivered", T, |s| s["delivered"] == acked.len());
+    let deadline = Instant::now() + T;
+    loop {
+        match c.send(&Request::post(&sink.url("/after")).body("room again")) {
+            Ok(_) => break,
+            Err(ffclient::Error::Rejected { code_str, .. }) if code_str == "spool_full" => {
+                assert!(Instant::now() < deadline, "still full: {}", d.stats());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sink.wait("the new request", T, |r| {
+        r.iter().any(|r| r.path == "/after")
+    });
 }
