@@ -776,18 +776,7 @@ impl Engine {
                 dead_seq: 0,
             },
         );
-        st.finished.push_back(r.id);
-        while st.finished.len() > history {
-            if let Some(old) = st.finished.pop_front() {
-                if st
-                    .entries
-                    .get(&old)
-                    .is_some_and(|e| e.phase == Phase::Delivered)
-                {
-                    st.entries.remove(&old);
-                }
-            }
-        }
+        st.remember_delivered(r.id, history);
     }
 
     /// Re-appends the live jobs of the spool's oldest segment when few are
@@ -1360,6 +1349,22 @@ fn enqueue(hosts: &mut [Host], active: &mut VecDeque<u32>, host: u32, id: Arc<st
 }
 
 impl State {
+    /// Keeps a delivered id for `status`, forgetting the oldest past `history`.
+    fn remember_delivered(&mut self, id: Arc<str>, history: usize) {
+        self.finished.push_back(id);
+        while self.finished.len() > history {
+            if let Some(old) = self.finished.pop_front() {
+                if self
+                    .entries
+                    .get(&old)
+                    .is_some_and(|e| e.phase == Phase::Delivered)
+                {
+                    self.entries.remove(&old);
+                }
+            }
+        }
+    }
+
     /// Acceptance time of the oldest pending request.
     fn oldest_pending(&mut self) -> Option<u64> {
         let entries = &self.entries;
@@ -1503,18 +1508,7 @@ impl State {
                 self.bytes -= e.bytes;
                 e.bytes = 0;
                 self.counters.delivered += 1;
-                self.finished.push_back(id.clone());
-                while self.finished.len() > history {
-                    if let Some(old) = self.finished.pop_front() {
-                        if self
-                            .entries
-                            .get(&old)
-                            .is_some_and(|e| e.phase == Phase::Delivered)
-                        {
-                            self.entries.remove(&old);
-                        }
-                    }
-                }
+                self.remember_delivered(id.clone(), history);
             }
             Phase::Dead | Phase::Expired => {
                 let seq = self.next_dead_seq;
