@@ -375,6 +375,43 @@ impl Config {
     }
 }
 
+/// The keys that differ between `running` and `new` and only take effect
+/// after a restart.
+pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut restart = Vec::new();
+    macro_rules! fixed {
+        ($($($f:ident).+),*) => {$(
+            if format!("{:?}", new.$($f).+) != format!("{:?}", running.$($f).+) {
+                restart.push(stringify!($($f).+));
+            }
+        )*};
+    }
+    fixed!(
+        socket,
+        socket_mode,
+        max_connections,
+        max_line_bytes,
+        log_format,
+        allowed_uids,
+        allowed_gids,
+        shutdown_timeout_ms,
+        spool.mode,
+        spool.dir,
+        spool.fsync,
+        spool.max_bytes,
+        spool.segment_bytes,
+        spool.when_full,
+        delivery.connect_timeout_ms,
+        delivery.id_header,
+        delivery.user_agent,
+        delivery.ca_file,
+        delivery.response_snippet_bytes,
+        delivery.pool_idle_per_host,
+        delivery.pool_idle_timeout_ms
+    );
+    restart
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

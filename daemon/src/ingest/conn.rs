@@ -6,8 +6,9 @@
 //! a pipelining client costs one spool write and one socket write per read,
 //! not per line; answers still go out in the order of the lines.
 
-use crate::control;
+use crate::control::{self, Peer};
 use crate::scheduler::Engine;
+use crate::shutdown::Shutdown;
 use ffd_proto::{ErrorCode, Line, ProtoError, SendRequest};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,15 +32,15 @@ struct Batch {
     sends: Vec<SendRequest>,
 }
 
-/// What the connection may do, decided at accept time.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    /// May run `replay` and `purge`.
-    pub admin: bool,
-}
-
-/// Serves one connection until the client closes it (or an I/O error).
-pub async fn serve(stream: UnixStream, engine: Arc<Engine>, max_line: usize, peer: Peer) {
+/// Serves one connection until the client closes it (or an I/O error), or
+/// ffd exits: then lines already received are answered and it closes.
+pub async fn serve(
+    stream: UnixStream,
+    engine: Arc<Engine>,
+    max_line: usize,
+    peer: Peer,
+    mut shutdown: Shutdown,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let mut chunk = vec![0u8; READ_CHUNK];
     // The unfinished line carried between reads; never longer than max_line.
@@ -47,7 +48,11 @@ pub async fn serve(stream: UnixStream, engine: Arc<Engine>, max_line: usize, pee
     let mut discarding = false;
     let mut out = Vec::with_capacity(4096);
     loop {
-        let n = match rd.read(&mut chunk).await {
+        let read = tokio::select! {
+            r = rd.read(&mut chunk) => r,
+            _ = shutdown.exiting() => break,
+        };
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {

@@ -1,15 +1,17 @@
 //! The Unix socket: bind (replacing a stale file, never a live ffd), set its
 //! mode, accept within the connection limit.
 
-use crate::conn::{self, Peer};
+use super::conn;
+use crate::control::Peer;
 use crate::scheduler::Engine;
+use crate::shutdown::Shutdown;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::UnixListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// Binds the socket at `path` with permission bits `mode`.
@@ -108,23 +110,35 @@ fn peer_groups(fd: std::os::fd::RawFd) -> Vec<u32> {
     }
 }
 
-/// Accepts connections until `stop` turns true; each is served on its own
+/// The listener's settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once (the rest wait in the backlog).
+    pub max_connections: usize,
+    /// Longest line.
+    pub max_line: usize,
+}
+
+/// Accepts connections until draining begins; each is served on its own
 /// task, at most `max_connections` at once (the rest wait in the backlog).
 pub async fn run(
     listener: UnixListener,
     engine: Arc<Engine>,
-    max_connections: usize,
-    max_line: usize,
+    limits: Limits,
     access: Access,
-    mut stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
+    let Limits {
+        max_connections,
+        max_line,
+    } = limits;
     let limit = Arc::new(Semaphore::new(max_connections));
     // SAFETY: geteuid has no preconditions.
     let my_uid = unsafe { libc::geteuid() };
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
+            _ = shutdown.draining() => return,
         };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -136,11 +150,12 @@ pub async fn run(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = shutdown.draining() => return,
         };
         let cred = stream.peer_cred().ok();
         let uid = cred.map(|c| c.uid());
         let peer = Peer {
+            uid,
             admin: matches!(uid, Some(u) if u == 0 || u == my_uid),
         };
         let engine = engine.clone();
@@ -191,10 +206,11 @@ pub async fn run(
                 continue;
             }
         }
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             engine.connections.fetch_add(1, Ordering::Relaxed);
             debug!(?uid, "connection opened");
-            conn::serve(stream, engine.clone(), max_line, peer).await;
+            conn::serve(stream, engine.clone(), max_line, peer, shutdown).await;
             engine.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });

@@ -1,0 +1,84 @@
+//! Control ops: each op is a file that runs itself against the scheduler
+//! and renders its answer (as mini-redis's `cmd/*.rs` do), so adding an op
+//! touches one file and the `match` below.
+
+mod dead;
+mod ping;
+mod purge;
+mod replay;
+mod stats;
+mod status;
+
+use crate::scheduler::{Engine, EntryView};
+use ffd_proto::{ControlOp, ProtoError, Selection};
+use serde_json::{json, Value};
+
+/// Who is asking, decided at accept time from the peer's credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The peer's uid (SO_PEERCRED), when known.
+    pub uid: Option<u32>,
+    /// May run `replay` and `purge`: root or ffd's own user.
+    pub admin: bool,
+}
+
+/// What an op answers: the key of its value and the value.
+type Answer = Result<(&'static str, Value), ProtoError>;
+
+/// Answers one op into `out` (one line).
+pub fn handle(op: ControlOp, engine: &Engine, peer: Peer, out: &mut Vec<u8>) {
+    let result = match op {
+        ControlOp::Ping => ping::run(),
+        ControlOp::Stats => stats::run(engine),
+        ControlOp::Status { id } => status::run(engine, &id),
+        ControlOp::Dead { limit } => dead::run(engine, limit),
+        ControlOp::Replay(sel) => replay::run(engine, peer, &sel),
+        ControlOp::Purge(sel) => purge::run(engine, peer, &sel),
+    };
+    match result {
+        Ok((key, value)) => ffd_proto::write_ok_value(out, key, &value),
+        Err(e) => {
+            engine.count_rejected(e.code);
+            ffd_proto::write_error(out, e.code, &e.message)
+        }
+    }
+}
+
+/// The id a selection names, or `None` for all.
+fn selected(sel: &Selection) -> Option<&str> {
+    match sel {
+        Selection::Id(id) => Some(id),
+        Selection::All => None,
+    }
+}
+
+/// Admin ops are for ffd's own user and root only.
+fn admin_only(peer: Peer) -> Result<(), ProtoError> {
+    if peer.admin {
+        return Ok(());
+    }
+    Err(ProtoError::new(
+        ffd_proto::ErrorCode::Forbidden,
+        "replay and purge are only for ffd's own user or root",
+    ))
+}
+
+/// One request as `status` and `dead` render it.
+fn entry_json(v: &EntryView) -> Value {
+    json!({
+        "id": v.id,
+        "state": v.phase.as_str(),
+        "attempts": v.attempts,
+        "max_attempts": v.max_attempts,
+        "method": v.method,
+        "url": v.url,
+        "host": v.host,
+        "accepted_ms": v.accepted_ms,
+        "next_attempt_ms": v.next_attempt_ms,
+        "expires_ms": v.expires_ms,
+        "finished_ms": v.finished_ms,
+        "last_status": v.last_status,
+        "last_error": v.last_error,
+        "response": v.response,
+    })
+}

@@ -1,0 +1,364 @@
+//! Admission: the door from ingest. A batch of validated sends becomes
+//! jobs (destinations and defaults resolved), room is reserved, the batch is
+//! written to the spool in one go, and only then are the jobs queued and
+//! acknowledged.
+
+use super::entry::{Entry, JobRef, Phase, HOT_BYTES};
+use super::{place, Engine, State};
+use crate::clock::now_ms;
+use crate::config::WhenFull;
+use crate::job::Job;
+use crate::spool::{Loc, SpoolError};
+use bytes::Bytes;
+use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
+use http::{HeaderName, HeaderValue, Uri};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A job of the batch: its index in the batch, the job, its bytes.
+type Pending = (usize, Arc<Job>, u64);
+
+/// A caller id repeated within the batch: later copies share the first
+/// one's fate. Removes them from `jobs`; returns (copy, first) indexes.
+fn dedupe(jobs: &mut Vec<Pending>) -> Vec<(usize, usize)> {
+    let mut same_as = Vec::new();
+    if jobs.len() < 2 {
+        return same_as;
+    }
+    let mut seen: HashMap<Arc<str>, usize> = HashMap::with_capacity(jobs.len());
+    jobs.retain(|(i, job, _)| match seen.get(&job.id) {
+        Some(first) => {
+            same_as.push((*i, *first));
+            false
+        }
+        None => {
+            seen.insert(job.id.clone(), *i);
+            true
+        }
+    });
+    same_as
+}
+
+/// What reserving room for a send came to.
+enum Reserve {
+    /// Room reserved; the entry waits for its spool write.
+    Reserved,
+    /// The spool is full.
+    Full,
+    /// The id is known and stored: acknowledge, do not queue again.
+    Known,
+    /// The id is known but its spool write has not finished: wait for it.
+    Pending,
+}
+
+impl Engine {
+    /// Turns a validated send into a job, resolving `dest` and the defaults.
+    fn make_job(&self, req: SendRequest, now: u64) -> Result<Job, ProtoError> {
+        let dcfg = self.dcfg();
+        let mut headers: Vec<(HeaderName, HeaderValue)>;
+        let uri: Uri = match req.target {
+            Target::Url(u) => {
+                headers = req.headers;
+                u
+            }
+            Target::Dest { name, path } => {
+                let dests = self
+                    .destinations
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let (base, dest_headers) = dests.get(&name).ok_or_else(|| {
+                    ProtoError::new(
+                        ErrorCode::UnknownDest,
+                        format!("no destination named {name:?} in the config"),
+                    )
+                })?;
+                headers = Vec::with_capacity(req.headers.len() + dest_headers.len());
+                for (k, v) in dest_headers {
+                    if !req.headers.iter().any(|(n, _)| n == k) {
+                        headers.push((k.clone(), v.clone()));
+                    }
+                }
+                headers.extend(req.headers);
+                format!("{base}{path}").parse().map_err(|_| {
+                    ProtoError::new(
+                        ErrorCode::BadRequest,
+                        "destination URL + `path` is not a valid URL",
+                    )
+                })?
+            }
+        };
+        let method = req.method;
+        let id: Arc<str> = match req.id {
+            Some(id) => id.into(),
+            None => crate::id::new_id(now),
+        };
+        let ttl = req.ttl_ms.unwrap_or(dcfg.ttl_ms);
+        let delay = req.delay_ms.unwrap_or(0);
+        if delay >= ttl {
+            return Err(ProtoError::new(
+                ErrorCode::BadRequest,
+                format!("`delay_ms` ({delay}) must be less than the ttl ({ttl} ms): the request would expire before its first attempt"),
+            ));
+        }
+        Ok(Job {
+            id,
+            method,
+            uri,
+            headers,
+            body: Bytes::from(req.body),
+            timeout_ms: req.timeout_ms.unwrap_or(dcfg.timeout_ms),
+            max_attempts: req.max_attempts.unwrap_or(dcfg.max_attempts),
+            accepted_ms: now,
+            not_before_ms: now.saturating_add(delay),
+            expires_ms: now.saturating_add(ttl),
+        })
+    }
+
+    /// Accepts a batch of sends from one connection: validates, persists (one
+    /// spool write for the batch), queues. Results are in the batch's order.
+    pub async fn accept(&self, reqs: Vec<SendRequest>) -> Vec<Result<Arc<str>, ProtoError>> {
+        let now = now_ms();
+        let mut results: Vec<Result<Arc<str>, ProtoError>> = Vec::with_capacity(reqs.len());
+        let mut jobs: Vec<Pending> = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match self.make_job(req, now) {
+                Ok(job) => {
+                    let bytes = job_bytes(&job);
+                    results.push(Ok(job.id.clone()));
+                    jobs.push((results.len() - 1, Arc::new(job), bytes));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if jobs.is_empty() {
+            return self.count_results(results);
+        }
+        let same_as = dedupe(&mut jobs);
+        let mut fresh = self.reserve_all(jobs, &mut results).await;
+        let locs = self.persist(&mut fresh, &mut results).await;
+        if !fresh.is_empty() {
+            let mut st = self.lock();
+            let mut kick = false;
+            for (k, (_, job, _)) in fresh.iter().enumerate() {
+                kick |= st.commit(job, locs.get(k).copied());
+            }
+            st.counters.accepted += fresh.len() as u64;
+            st.counters.duplicates += same_as.len() as u64;
+            drop(st);
+            // Sends delayed past the dispatcher's next timer need no wake-up
+            // (a wake-up costs a context switch on the ACK path).
+            if kick {
+                self.wake.notify_one();
+            }
+        }
+        for (i, first) in same_as {
+            results[i] = results[first].clone();
+        }
+        self.count_results(results)
+    }
+
+    /// Reserves room for each job, skipping ids already known (the
+    /// idempotency key); returns the jobs to write.
+    async fn reserve_all(
+        &self,
+        jobs: Vec<Pending>,
+        results: &mut [Result<Arc<str>, ProtoError>],
+    ) -> Vec<Pending> {
+        let mut fresh = Vec::with_capacity(jobs.len());
+        for (i, job, bytes) in jobs {
+            let mut waited = 0u32;
+            loop {
+                let notified = self.room.notified();
+                match self.reserve(&job, bytes) {
+                    Ok(Reserve::Known) => break,
+                    Ok(Reserve::Reserved) => {
+                        fresh.push((i, job, bytes));
+                        break;
+                    }
+                    Ok(Reserve::Pending) if waited < 5000 => {
+                        // Another connection's send with this id is being
+                        // written: its outcome decides what this one gets.
+                        waited += 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Ok(Reserve::Pending) => {
+                        results[i] = Err(ProtoError::new(
+                            ErrorCode::Internal,
+                            "a send with this id is still being stored; try again",
+                        ));
+                        break;
+                    }
+                    Ok(Reserve::Full) if self.when_full == WhenFull::Block => {
+                        // Room comes back when the spool writer deletes a
+                        // segment, which sends no wake-up: look again soon.
+                        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+                    }
+                    Ok(Reserve::Full) => {
+                        results[i] = Err(ProtoError::new(
+                            ErrorCode::SpoolFull,
+                            format!(
+                                "spool is full ({} bytes max); nothing was accepted, try again later",
+                                self.max_bytes
+                            ),
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        results[i] = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        fresh
+    }
+
+    /// Writes the reserved jobs to the spool (one append); on failure they
+    /// are taken back out and refused. Returns where each record lives.
+    async fn persist(
+        &self,
+        fresh: &mut Vec<Pending>,
+        results: &mut [Result<Arc<str>, ProtoError>],
+    ) -> Vec<Loc> {
+        let Some(spool) = &self.spool else {
+            return Vec::new();
+        };
+        if fresh.is_empty() {
+            return Vec::new();
+        }
+        let batch: Vec<Arc<Job>> = fresh.iter().map(|(_, j, _)| j.clone()).collect();
+        let appended = loop {
+            match spool.append(batch.clone()).await {
+                // `when_full = "block"`: a full disk waits like a full spool.
+                Err(SpoolError::DiskFull(_))
+                    if self.when_full == WhenFull::Block && !self.lock().draining =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        };
+        match appended {
+            Ok(locs) => locs,
+            Err(e) => {
+                let mut st = self.lock();
+                for (i, job, bytes) in fresh.drain(..) {
+                    st.bytes -= bytes;
+                    st.entries.remove(&job.id);
+                    results[i] = Err(ProtoError::new(e.code(), e.to_string()));
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn count_results(
+        &self,
+        results: Vec<Result<Arc<str>, ProtoError>>,
+    ) -> Vec<Result<Arc<str>, ProtoError>> {
+        for r in &results {
+            if let Err(e) = r {
+                self.count_rejected(e.code);
+            }
+        }
+        results
+    }
+
+    /// Reserves room for a job and inserts it as not yet committed.
+    /// `Ok(None)`: the id is already known, nothing to do.
+    fn reserve(&self, job: &Arc<Job>, bytes: u64) -> Result<Reserve, ProtoError> {
+        let mut st = self.lock();
+        if st.draining {
+            return Err(ProtoError::new(
+                ErrorCode::ShuttingDown,
+                "ffd is shutting down and accepts no new requests",
+            ));
+        }
+        let used = match &self.spool {
+            Some(s) => s.bytes(),
+            None => st.bytes,
+        };
+        let host = st.host_for(&job.uri);
+        if let Some(e) = st.entries.get(&job.id) {
+            if !e.committed {
+                return Ok(Reserve::Pending);
+            }
+            st.counters.duplicates += 1;
+            return Ok(Reserve::Known);
+        }
+        if used + bytes > self.max_bytes {
+            return Ok(Reserve::Full);
+        }
+        st.bytes += bytes;
+        st.entries.insert(
+            job.id.clone(),
+            Entry {
+                job: JobRef::Mem(job.clone()),
+                committed: false,
+                host,
+                max_attempts: job.max_attempts,
+                expires_ms: job.expires_ms,
+                // Not queued until committed: an entry in this phase with no
+                // timer and no queue slot is invisible to the dispatcher.
+                phase: Phase::Waiting,
+                attempts: 0,
+                next_ms: u64::MAX,
+                accepted_ms: job.accepted_ms,
+                finished_ms: 0,
+                bytes,
+                last_status: None,
+                last_error: None,
+                snippet: None,
+                dead_seq: 0,
+            },
+        );
+        Ok(Reserve::Reserved)
+    }
+}
+
+/// Bytes a job is charged against `max_bytes` (memory mode).
+fn job_bytes(job: &Job) -> u64 {
+    let headers: usize = job
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (job.body.len() + headers + job.id.len() + 128) as u64
+}
+
+impl State {
+    /// Makes a reserved entry pending: queued now, or at its `delay_ms`.
+    /// With a spool location, the body is dropped from memory.
+    fn commit(&mut self, job: &Arc<Job>, loc: Option<Loc>) -> bool {
+        let Some(e) = self.entries.get_mut(&job.id) else {
+            return false;
+        };
+        if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
+            return false;
+        }
+        e.committed = true;
+        if let Some(loc) = loc {
+            e.job = if self.hot_bytes + e.bytes <= HOT_BYTES {
+                self.hot_bytes += e.bytes;
+                JobRef::Hot(job.clone(), loc)
+            } else {
+                JobRef::Disk(loc)
+            };
+        }
+        let host = e.host as usize;
+        self.pending += 1;
+        self.hosts[host].pending += 1;
+        self.arrivals.push_back((job.accepted_ms, job.id.clone()));
+        place(
+            e,
+            &job.id,
+            job.not_before_ms,
+            false,
+            now_ms(),
+            &mut self.lanes,
+            &mut self.timers,
+        )
+    }
+}

@@ -1,0 +1,206 @@
+//! Dead letters and the views of requests: `status` of one id, the `dead`
+//! list, and the admin ops `replay` and `purge`.
+
+use super::entry::{Entry, JobRef, Phase};
+use super::{Engine, State};
+use crate::clock::now_ms;
+use crate::spool::Outcome;
+use ffd_proto::{ErrorCode, ProtoError};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// One request as `status` and `dead` show it.
+pub struct EntryView {
+    /// The id.
+    pub id: String,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Method, when the request can still be read.
+    pub method: Option<String>,
+    /// URL, when the request can still be read.
+    pub url: Option<String>,
+    /// `scheme://host:port`.
+    pub host: String,
+    /// Accepted at (Unix ms).
+    pub accepted_ms: u64,
+    /// Next attempt (Unix ms) while waiting.
+    pub next_attempt_ms: Option<u64>,
+    /// Given up at (Unix ms).
+    pub expires_ms: u64,
+    /// Finished at (Unix ms).
+    pub finished_ms: Option<u64>,
+    /// Last HTTP status.
+    pub last_status: Option<u16>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// First bytes of the last response.
+    pub response: Option<String>,
+}
+
+fn view(id: &str, e: &Entry, st: &State) -> EntryView {
+    EntryView {
+        id: id.to_string(),
+        phase: e.phase,
+        attempts: e.attempts,
+        max_attempts: e.max_attempts,
+        method: None,
+        url: None,
+        host: st.hosts[e.host as usize].key.clone(),
+        accepted_ms: e.accepted_ms,
+        next_attempt_ms: (e.phase == Phase::Waiting && e.next_ms != u64::MAX).then_some(e.next_ms),
+        expires_ms: e.expires_ms,
+        finished_ms: (e.finished_ms > 0).then_some(e.finished_ms),
+        last_status: e.last_status,
+        last_error: e.last_error.as_deref().map(Into::into),
+        response: e.snippet.as_deref().map(Into::into),
+    }
+}
+
+impl Engine {
+    /// One request (`status` op); `None` when the id is unknown.
+    pub fn status(&self, id: &str) -> Option<EntryView> {
+        let (r, mut v) = {
+            let st = self.lock();
+            let e = st.entries.get(id)?;
+            (e.job.clone(), view(id, e, &st))
+        };
+        self.add_request(&r, &mut v);
+        Some(v)
+    }
+
+    /// Method and URL, read back from the spool outside the state lock.
+    fn add_request(&self, r: &JobRef, v: &mut EntryView) {
+        if let Ok(job) = self.load(r) {
+            v.method = Some(job.method.as_str().into());
+            v.url = Some(job.uri.to_string());
+        }
+    }
+
+    /// Dead letters, oldest first, at most `limit` (`dead` op).
+    pub fn dead(&self, limit: Option<usize>) -> Vec<EntryView> {
+        let list: Vec<(JobRef, EntryView)> = {
+            let st = self.lock();
+            let n = st.dead.len();
+            let skip = limit.map(|l| n.saturating_sub(l)).unwrap_or(0);
+            st.dead
+                .values()
+                .skip(skip)
+                .filter_map(|id| {
+                    st.entries
+                        .get(id)
+                        .map(|e| (e.job.clone(), view(id, e, &st)))
+                })
+                .collect()
+        };
+        list.into_iter()
+            .map(|(r, mut v)| {
+                self.add_request(&r, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    /// `replay` op: dead letters go back to the queue with fresh attempts and ttl.
+    pub fn replay(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+        // Read the requests back outside the state lock: replaying many
+        // dead letters must not stall every ACK meanwhile.
+        let picked: Vec<(Arc<str>, JobRef)> = {
+            let st = self.lock();
+            st.select_dead(id)?
+                .into_iter()
+                .filter_map(|id| st.entries.get(&id).map(|e| (id.clone(), e.job.clone())))
+                .collect()
+        };
+        let mut loaded = Vec::with_capacity(picked.len());
+        for (id, r) in picked {
+            match self.load(&r) {
+                Ok(j) => loaded.push((id, r, j)),
+                Err(err) => warn!(id = %id, error = %err, "cannot replay: request unreadable"),
+            }
+        }
+        let now = now_ms();
+        let mut st = self.lock();
+        let mut n = 0;
+        for (id, r, old) in loaded {
+            let Some(e) = st.entries.get_mut(&id) else {
+                continue;
+            };
+            // Purged or replayed by someone else meanwhile.
+            if !matches!(e.phase, Phase::Dead | Phase::Expired) || e.job.loc() != r.loc() {
+                continue;
+            }
+            let mut job = (*old).clone();
+            let ttl = old.expires_ms.saturating_sub(old.accepted_ms);
+            job.accepted_ms = now;
+            job.not_before_ms = now;
+            job.expires_ms = now.saturating_add(ttl);
+            e.expires_ms = job.expires_ms;
+            e.job = match &self.spool {
+                Some(s) => JobRef::Disk(s.requeue(&job, r.loc())),
+                None => JobRef::Mem(Arc::new(job)),
+            };
+            e.attempts = 0;
+            e.accepted_ms = now;
+            e.finished_ms = 0;
+            e.last_status = None;
+            e.last_error = None;
+            e.snippet = None;
+            let seq = e.dead_seq;
+            let host = e.host as usize;
+            st.dead.remove(&seq);
+            st.pending += 1;
+            st.hosts[host].pending += 1;
+            st.arrivals.push_back((now, id.clone()));
+            st.schedule(&id, now, false);
+            n += 1;
+        }
+        drop(st);
+        info!(count = n, "dead letters replayed");
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// `purge` op: dead letters are forgotten.
+    pub fn purge(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+        let mut st = self.lock();
+        let ids = st.select_dead(id)?;
+        for id in &ids {
+            if let Some(e) = st.entries.remove(id) {
+                st.dead.remove(&e.dead_seq);
+                st.bytes -= e.bytes;
+                if let Some(s) = &self.spool {
+                    s.record(id, e.job.loc(), Outcome::purged(now_ms()));
+                }
+            }
+        }
+        drop(st);
+        info!(count = ids.len(), "dead letters purged");
+        self.room.notify_waiters();
+        Ok(ids.len())
+    }
+}
+
+impl State {
+    fn select_dead(&self, id: Option<&str>) -> Result<Vec<Arc<str>>, ProtoError> {
+        match id {
+            None => Ok(self.dead.values().cloned().collect()),
+            Some(id) => match self.entries.get_key_value(id) {
+                Some((k, e)) if matches!(e.phase, Phase::Dead | Phase::Expired) => {
+                    Ok(vec![k.clone()])
+                }
+                Some((_, e)) => Err(ProtoError::new(
+                    ErrorCode::BadRequest,
+                    format!("{id} is {}, not a dead letter", e.phase.as_str()),
+                )),
+                None => Err(ProtoError::new(
+                    ErrorCode::NotFound,
+                    format!("no request with id {id}"),
+                )),
+            },
+        }
+    }
+}

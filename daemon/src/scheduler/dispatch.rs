@@ -1,0 +1,160 @@
+//! Dispatch: timers fire, and deliveries start round-robin over the hosts
+//! with queued work, within the global and per-host limits. A delivery task,
+//! once its attempt is done and its outcome applied, takes the next job that
+//! may start (under the same lock) instead of ending: no spawn and no
+//! wake-up per request while work is queued.
+
+use super::entry::{JobRef, Phase};
+use super::{Engine, State, Timer};
+use crate::clock::now_ms;
+use crate::config::DeliveryConfig;
+use crate::job::Job;
+use crate::shutdown::Shutdown;
+use crate::spool::{Outcome, ReadError, Spool};
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// A job handed to a delivery task: its id, where the request is, its host.
+pub(super) type Start = (Arc<str>, JobRef, u32);
+
+/// Why a job could not be loaded for its attempt.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LoadError {
+    /// Its spool record could not be read.
+    #[error(transparent)]
+    Spool(#[from] ReadError),
+    /// Memory mode has no record to read.
+    #[error("no spool")]
+    NoSpool,
+    /// It finished meanwhile.
+    #[error("request already finished")]
+    Gone,
+}
+
+impl Engine {
+    /// Runs the dispatcher until `shutdown` begins draining: fires due
+    /// timers and starts delivery tasks for what may start.
+    pub async fn run_dispatcher(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            let notified = self.wake.notified();
+            let (starts, next) = {
+                let mut st = self.lock();
+                let now = now_ms();
+                let starts = st.collect(now, &self.dcfg(), self.spool.as_deref());
+                (starts, st.timers.peek().map(|Reverse((at, _))| *at))
+            };
+            for start in starts {
+                tokio::spawn(self.clone().deliver(start, shutdown.clone()));
+            }
+            let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(1)));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+                _ = shutdown.draining() => return,
+            }
+        }
+    }
+
+    /// A delivery task: one attempt, its outcome applied, then the next job
+    /// that may start, until none may. Holds `_shutdown` so the exit waits
+    /// for it.
+    async fn deliver(self: Arc<Self>, start: Start, _shutdown: Shutdown) {
+        let mut next = Some(start);
+        while let Some((id, job, host)) = next.take() {
+            next = match self.load(&job) {
+                Ok(job) if *job.id == *id => {
+                    let attempt = self.deliverer.attempt(&job).await;
+                    self.finish(&id, host, &job, attempt)
+                }
+                Ok(_) => {
+                    self.unreadable(&id, host, "spool record belongs to another request".into())
+                }
+                Err(e) => self.unreadable(&id, host, e.to_string()),
+            };
+        }
+    }
+
+    /// The full job: from memory, or read back from its spool record.
+    pub(super) fn load(&self, r: &JobRef) -> Result<Arc<Job>, LoadError> {
+        match r {
+            JobRef::Mem(j) | JobRef::Hot(j, _) => Ok(j.clone()),
+            JobRef::Disk(loc) => match &self.spool {
+                Some(s) => Ok(s.read(*loc)?),
+                None => Err(LoadError::NoSpool),
+            },
+            JobRef::Gone => Err(LoadError::Gone),
+        }
+    }
+}
+
+impl State {
+    /// Fires due timers and picks the jobs to start now, within the limits.
+    /// Requests found expired on the way are recorded in the spool here,
+    /// under the state lock like every other state change.
+    fn collect(&mut self, now: u64, cfg: &DeliveryConfig, spool: Option<&Spool>) -> Vec<Start> {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, timer))) = self.timers.pop() else {
+                break;
+            };
+            if let Timer::Entry(id) = timer {
+                if let Some(e) = self.entries.get_mut(&id) {
+                    if e.phase == Phase::Waiting && e.next_ms == at {
+                        e.phase = Phase::Queued;
+                        e.next_ms = u64::MAX;
+                        self.lanes.push(e.host, id, e.attempts > 0);
+                    }
+                }
+            }
+        }
+        let mut starts = Vec::new();
+        while let Some(start) = self.take_one(now, cfg, spool) {
+            starts.push(start);
+        }
+        starts
+    }
+
+    /// Takes the next job to start, round-robin over the hosts that may take
+    /// one more, or `None` when nothing can start now. Marks it in flight.
+    pub(super) fn take_one(
+        &mut self,
+        now: u64,
+        cfg: &DeliveryConfig,
+        spool: Option<&Spool>,
+    ) -> Option<Start> {
+        if self.draining {
+            return None;
+        }
+        loop {
+            if self.in_flight >= cfg.max_in_flight {
+                return None;
+            }
+            let hosts = &self.hosts;
+            let (hi, id) = self.lanes.next(|h| hosts[h as usize].may_start(now, cfg))?;
+            // A stale id (finished, or queued again elsewhere) is skipped.
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if e.phase != Phase::Queued {
+                continue;
+            }
+            if now >= e.expires_ms {
+                if let Some(s) = spool {
+                    s.record(&id, e.job.loc(), Outcome::expired(e.attempts, now));
+                }
+                self.end(&id, Phase::Expired, now, cfg.status_history);
+                warn!(id = %id, "ttl passed before delivery; expired");
+                continue;
+            }
+            e.phase = Phase::InFlight;
+            let job = e.job.clone();
+            self.hosts[hi as usize].in_flight += 1;
+            self.in_flight += 1;
+            return Some((id, job, hi));
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Per-host lanes and the rotation over them: who goes next.
+//!
+//! Each host has a lane with two queues, first attempts and retries, served
+//! in turn so neither starves the other. Hosts with queued work sit in a
+//! rotation (round-robin): a start looks only at those, not at every host
+//! ever seen, and a host that may not start now (paused, at its limit) keeps
+//! its place for the next round. Pure: no clock, no locks; the caller says
+//! which hosts may start.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// One host's queued ids.
+#[derive(Debug, Default)]
+struct Lane {
+    fresh: VecDeque<Arc<str>>,
+    retry: VecDeque<Arc<str>>,
+    retry_turn: bool,
+    /// In the rotation.
+    active: bool,
+}
+
+impl Lane {
+    fn is_empty(&self) -> bool {
+        self.fresh.is_empty() && self.retry.is_empty()
+    }
+
+    /// Fresh and retry take turns; either alone is served as it comes.
+    fn pop(&mut self) -> Option<Arc<str>> {
+        let take_retry = (self.retry_turn && !self.retry.is_empty()) || self.fresh.is_empty();
+        self.retry_turn = !take_retry;
+        if take_retry {
+            self.retry.pop_front()
+        } else {
+            self.fresh.pop_front()
+        }
+    }
+}
+
+/// Every host's lane and the rotation of those with queued work.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    lanes: Vec<Lane>,
+    active: VecDeque<u32>,
+}
+
+impl Lanes {
+    /// Adds a lane for a new host; returns its index.
+    pub fn add(&mut self) -> u32 {
+        self.lanes.push(Lane::default());
+        (self.lanes.len() - 1) as u32
+    }
+
+    /// Queues `id` on `host`'s lane (`retry`: the retry queue).
+    pub fn push(&mut self, host: u32, id: Arc<str>, retry: bool) {
+        let lane = &mut self.lanes[host as usize];
+        if retry {
+            lane.retry.push_back(id);
+        } else {
+            lane.fresh.push_back(id);
+        }
+        if !lane.active {
+            lane.active = true;
+            self.active.push_back(host);
+        }
+    }
+
+    /// The next id to start, round-robin over the hosts with queued work
+    /// for which `may_start` holds; `None` when none may start now.
+    pub fn next(&mut self, mut may_start: impl FnMut(u32) -> bool) -> Option<(u32, Arc<str>)> {
+        for _ in 0..self.active.len() {
+            let host = self.active.pop_front()?;
+            let lane = &mut self.lanes[host as usize];
+            if lane.is_empty() {
+                lane.active = false;
+                continue;
+            }
+            if !may_start(host) {
+                self.active.push_back(host);
+                continue;
+            }
+            let id = lane.pop();
+            // Back of the line while it has work: round-robin.
+            if lane.is_empty() {
+                lane.active = false;
+            } else {
+                self.active.push_back(host);
+            }
+            if let Some(id) = id {
+                return Some((host, id));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(lanes: &mut Lanes, n: usize, may: impl Fn(u32) -> bool) -> Vec<String> {
+        (0..n)
+            .filter_map(|_| lanes.next(&may).map(|(_, id)| id.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hosts_are_served_round_robin_whatever_their_backlog() {
+        let mut l = Lanes::default();
+        let (a, b) = (l.add(), l.add());
+        for i in 0..100 {
+            l.push(a, format!("a{i}").into(), false);
+        }
+        l.push(b, "b0".into(), false);
+        l.push(b, "b1".into(), false);
+        assert_eq!(ids(&mut l, 5, |_| true), ["a0", "b0", "a1", "b1", "a2"]);
+    }
+
+    #[test]
+    fn first_attempts_and_retries_alternate() {
+        let mut l = Lanes::default();
+        let h = l.add();
+        for i in 0..3 {
+            l.push(h, format!("r{i}").into(), true);
+            l.push(h, format!("f{i}").into(), false);
+        }
+        assert_eq!(
+            ids(&mut l, 6, |_| true),
+            ["f0", "r0", "f1", "r1", "f2", "r2"]
+        );
+    }
+
+    #[test]
+    fn a_host_that_may_not_start_keeps_its_place_and_blocks_no_one() {
+        let mut l = Lanes::default();
+        let (dead, live) = (l.add(), l.add());
+        for i in 0..3 {
+            l.push(dead, format!("d{i}").into(), false);
+            l.push(live, format!("l{i}").into(), false);
+        }
+        assert_eq!(ids(&mut l, 3, |h| h == live), ["l0", "l1", "l2"]);
+        assert_eq!(l.next(|h| h == live), None);
+        // Once it may start again, its work is still queued, in order.
+        assert_eq!(ids(&mut l, 4, |_| true), ["d0", "d1", "d2"]);
+        assert_eq!(l.next(|_| true), None);
+    }
+}

@@ -1,0 +1,487 @@
+//! The scheduler: every accepted request, its state, per-host lanes, timers
+//! and the dispatcher that starts deliveries within the limits.
+//!
+//! Rooms, along a request's path: `admit` (reserve, spool, queue: the door
+//! from ingest), `lanes` (per-host queues and the rotation), `breaker` (one
+//! host's circuit breaker), `dispatch` (timers, the dispatcher and the
+//! delivery tasks), `outcome` (an attempt's result applied), `restore`
+//! (replay at start), `dead` (dead letters: list, replay, purge), `compact`
+//! (spool compaction), `entry` (what is kept per request).
+//!
+//! One `std::sync::Mutex` guards [`State`]: every critical section is short
+//! and never awaits, so a blocking mutex is cheaper than tokio's and cannot
+//! be held across a delivery. The spool is called while it is held, so the
+//! order of spool records is the order of state changes (the spool's own
+//! mutex nests inside this one, never the other way).
+
+mod admit;
+mod breaker;
+mod compact;
+mod dead;
+mod dispatch;
+mod entry;
+mod lanes;
+mod outcome;
+mod restore;
+
+pub use breaker::{Breaker, BreakerConfig, Trip};
+pub use dead::EntryView;
+pub use entry::Phase;
+pub use lanes::Lanes;
+pub use restore::RestoreResult;
+
+use crate::clock::now_ms;
+use crate::config::{Config, DeliveryConfig, WhenFull};
+use crate::delivery::Deliverer;
+use crate::job::host_key;
+use crate::spool::{Spool, SpoolStats};
+use entry::{Entries, Entry};
+use ffd_proto::ErrorCode;
+use http::{HeaderName, HeaderValue, Uri};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// What the scheduler knows of one host.
+struct Host {
+    key: String,
+    breaker: Breaker,
+    in_flight: usize,
+    pending: usize,
+    last_success_ms: u64,
+    last_failure_ms: u64,
+    last_error: Option<Arc<str>>,
+}
+
+impl Host {
+    /// May one more attempt start now?
+    fn may_start(&self, now: u64, cfg: &DeliveryConfig) -> bool {
+        let limit = self
+            .breaker
+            .limit(cfg.breaker_threshold, cfg.max_in_flight_per_host);
+        !self.breaker.paused(now) && self.in_flight < limit
+    }
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A request's delay or retry wait ends.
+    Entry(Arc<str>),
+    /// A host's pause ends.
+    Host,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: u64,
+    delivered: u64,
+    retried: u64,
+    dead: u64,
+    expired: u64,
+    duplicates: u64,
+}
+
+/// Everything behind the scheduler's lock.
+struct State {
+    entries: Entries,
+    hosts: Vec<Host>,
+    host_index: HashMap<String, u32>,
+    /// The host of the last lookup: (https, authority, index).
+    last_host: Option<(bool, String, u32)>,
+    lanes: Lanes,
+    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    finished: VecDeque<Arc<str>>,
+    dead: BTreeMap<u64, Arc<str>>,
+    next_dead_seq: u64,
+    in_flight: usize,
+    pending: usize,
+    bytes: u64,
+    /// Bytes of `JobRef::Hot` jobs.
+    hot_bytes: u64,
+    /// Pending ids in acceptance order (new sends, replays), and restored
+    /// ones (in their own acceptance order): the oldest pending request is
+    /// at the front of one of them once finished ones are popped, so
+    /// `stats` does not walk every entry.
+    arrivals: VecDeque<(u64, Arc<str>)>,
+    restored: VecDeque<(u64, Arc<str>)>,
+    draining: bool,
+    counters: Counters,
+}
+
+/// The scheduler and its handles: shared by connections (accept, ops), the
+/// dispatcher and delivery tasks.
+pub struct Engine {
+    /// A segment whose compaction moved nothing, and when: not re-read
+    /// every second while that stays so.
+    futile_compaction: Mutex<Option<(u64, Instant)>>,
+    /// Reloadable on SIGHUP: swapped whole, read as a snapshot.
+    delivery: RwLock<Arc<DeliveryConfig>>,
+    destinations: RwLock<Arc<Destinations>>,
+    max_bytes: u64,
+    when_full: WhenFull,
+    state: Mutex<State>,
+    wake: Notify,
+    idle: Notify,
+    room: Notify,
+    deliverer: Arc<Deliverer>,
+    spool: Option<Arc<Spool>>,
+    rejected: [AtomicU64; ErrorCode::ALL.len()],
+    /// Connections open now.
+    pub connections: AtomicUsize,
+    started: Instant,
+}
+
+type Destinations = HashMap<String, (Uri, Vec<(HeaderName, HeaderValue)>)>;
+
+fn destinations(cfg: &Config) -> Destinations {
+    cfg.destinations
+        .iter()
+        .filter_map(|(name, d)| {
+            let uri: Uri = d.url.trim_end_matches('/').parse().ok()?;
+            let headers = d
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
+            Some((name.clone(), (uri, headers)))
+        })
+        .collect()
+}
+
+/// The counters and gauges `stats` shows.
+pub struct StatsView {
+    /// Sends accepted.
+    pub accepted: u64,
+    /// Repeated ids acknowledged without queueing again.
+    pub duplicates: u64,
+    /// Refused lines by code.
+    pub rejected: Vec<(ErrorCode, u64)>,
+    /// Delivered.
+    pub delivered: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Became dead letters (final status, attempts spent).
+    pub dead: u64,
+    /// Expired (ttl).
+    pub expired: u64,
+    /// Waiting for a slot or a timer.
+    pub queued: usize,
+    /// Attempts running.
+    pub in_flight: usize,
+    /// Dead letters kept.
+    pub dead_letters: usize,
+    /// Age of the oldest pending request.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// The spool (`None`: memory mode, with its byte count).
+    pub spool: Option<SpoolStats>,
+    /// Memory mode: bytes held.
+    pub memory_bytes: u64,
+    /// `spool.max_bytes`.
+    pub max_bytes: u64,
+    /// Connections open.
+    pub connections: usize,
+    /// Since start.
+    pub uptime_ms: u64,
+    /// Hosts with work or history.
+    pub hosts: Vec<HostView>,
+}
+
+/// One host in `stats`.
+pub struct HostView {
+    /// `scheme://host:port`.
+    pub host: String,
+    /// Pending requests.
+    pub pending: usize,
+    /// Attempts running.
+    pub in_flight: usize,
+    /// Breaker paused it.
+    pub paused: bool,
+    /// Failed attempts in a row.
+    pub consecutive_failures: u32,
+    /// Last 2xx (Unix ms).
+    pub last_success_ms: Option<u64>,
+    /// Last failure (Unix ms).
+    pub last_failure_ms: Option<u64>,
+    /// Last error text.
+    pub last_error: Option<String>,
+}
+
+impl Engine {
+    /// A scheduler for `cfg`, delivering with `deliverer`, persisting to `spool`
+    /// (`None`: memory only).
+    pub fn new(cfg: &Config, deliverer: Arc<Deliverer>, spool: Option<Arc<Spool>>) -> Arc<Engine> {
+        Arc::new(Engine {
+            futile_compaction: Mutex::new(None),
+            delivery: RwLock::new(Arc::new(cfg.delivery.clone())),
+            destinations: RwLock::new(Arc::new(destinations(cfg))),
+            max_bytes: cfg.spool.max_bytes,
+            when_full: cfg.spool.when_full,
+            state: Mutex::new(State {
+                entries: Entries::default(),
+                hosts: Vec::new(),
+                host_index: HashMap::new(),
+                last_host: None,
+                lanes: Lanes::default(),
+                timers: BinaryHeap::new(),
+                finished: VecDeque::new(),
+                dead: BTreeMap::new(),
+                next_dead_seq: 1,
+                in_flight: 0,
+                pending: 0,
+                bytes: 0,
+                hot_bytes: 0,
+                arrivals: VecDeque::new(),
+                restored: VecDeque::new(),
+                draining: false,
+                counters: Counters::default(),
+            }),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            room: Notify::new(),
+            deliverer,
+            spool,
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    fn dcfg(&self) -> Arc<DeliveryConfig> {
+        self.delivery
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the state is still
+        // the best record of what is pending, so keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies the reloadable parts of a new config (delivery limits and
+    /// policy, destinations); returns the keys that changed.
+    pub fn reload(&self, cfg: &Config) -> Vec<&'static str> {
+        let old = self.dcfg();
+        let new = &cfg.delivery;
+        let mut changed = Vec::new();
+        macro_rules! diff {
+            ($($f:ident),*) => {$(
+                if old.$f != new.$f {
+                    changed.push(concat!("delivery.", stringify!($f)));
+                }
+            )*};
+        }
+        diff!(
+            max_in_flight,
+            max_in_flight_per_host,
+            timeout_ms,
+            max_attempts,
+            ttl_ms,
+            backoff_base_ms,
+            backoff_multiplier,
+            backoff_max_ms,
+            breaker_threshold,
+            breaker_cooldown_ms,
+            breaker_cooldown_max_ms,
+            status_history
+        );
+        *self.delivery.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
+        *self.destinations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(destinations(cfg));
+        changed.push("destinations");
+        self.wake.notify_one();
+        changed
+    }
+
+    /// A short line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let st = self.lock();
+        format!(
+            "{} queued, {} in flight, {} delivered, {} dead letters",
+            st.pending - st.in_flight,
+            st.in_flight,
+            st.counters.delivered,
+            st.dead.len()
+        )
+    }
+
+    /// Counts a refused line.
+    pub fn count_rejected(&self, code: ErrorCode) {
+        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops starting deliveries and waits for the running ones, up to `deadline`.
+    /// Returns (still in flight, still pending).
+    pub async fn drain(&self, deadline: Duration) -> (usize, usize) {
+        self.lock().draining = true;
+        self.room.notify_waiters();
+        self.wake.notify_one();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.idle.notified();
+            {
+                let st = self.lock();
+                if st.in_flight == 0 {
+                    return (0, st.pending);
+                }
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                let st = self.lock();
+                return (st.in_flight, st.pending);
+            }
+        }
+    }
+
+    /// The counters and gauges for `stats`.
+    pub fn stats(&self) -> StatsView {
+        let now = now_ms();
+        let mut st = self.lock();
+        let oldest = st.oldest_pending();
+        let hosts = st
+            .hosts
+            .iter()
+            .filter(|h| h.pending > 0 || h.last_success_ms > 0 || h.last_failure_ms > 0)
+            .map(|h| HostView {
+                host: h.key.clone(),
+                pending: h.pending,
+                in_flight: h.in_flight,
+                paused: h.breaker.paused(now),
+                consecutive_failures: h.breaker.failures(),
+                last_success_ms: (h.last_success_ms > 0).then_some(h.last_success_ms),
+                last_failure_ms: (h.last_failure_ms > 0).then_some(h.last_failure_ms),
+                last_error: h.last_error.as_deref().map(Into::into),
+            })
+            .collect();
+        StatsView {
+            accepted: st.counters.accepted,
+            duplicates: st.counters.duplicates,
+            rejected: ErrorCode::ALL
+                .iter()
+                .zip(&self.rejected)
+                .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+                .collect(),
+            delivered: st.counters.delivered,
+            retried: st.counters.retried,
+            dead: st.counters.dead,
+            expired: st.counters.expired,
+            queued: st.pending - st.in_flight,
+            in_flight: st.in_flight,
+            dead_letters: st.dead.len(),
+            oldest_pending_age_ms: oldest.map(|t| now.saturating_sub(t)),
+            spool: self.spool.as_ref().map(|s| s.stats()),
+            memory_bytes: st.bytes,
+            max_bytes: self.max_bytes,
+            connections: self.connections.load(Ordering::Relaxed),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            hosts,
+        }
+    }
+}
+
+impl State {
+    /// Acceptance time of the oldest pending request.
+    fn oldest_pending(&mut self) -> Option<u64> {
+        let entries = &self.entries;
+        let live = |(at, id): &(u64, Arc<str>)| {
+            entries
+                .get(id)
+                .is_some_and(|e| e.phase.is_pending() && e.accepted_ms == *at)
+        };
+        while self.arrivals.front().is_some_and(|f| !live(f)) {
+            self.arrivals.pop_front();
+        }
+        while self.restored.front().is_some_and(|f| !live(f)) {
+            self.restored.pop_front();
+        }
+        match (self.arrivals.front(), self.restored.front()) {
+            (Some(a), Some(r)) => Some(a.0.min(r.0)),
+            (a, r) => a.or(r).map(|x| x.0),
+        }
+    }
+
+    fn host_for(&mut self, uri: &Uri) -> u32 {
+        // Batches mostly go to one host: skip building the key for a repeat.
+        if let Some((https, auth, i)) = &self.last_host {
+            if uri.authority().map(|a| a.as_str()) == Some(auth.as_str())
+                && (uri.scheme_str() == Some("https")) == *https
+            {
+                return *i;
+            }
+        }
+        let i = self.host_for_key(&host_key(uri));
+        if let Some(a) = uri.authority() {
+            self.last_host = Some((uri.scheme_str() == Some("https"), a.as_str().to_string(), i));
+        }
+        i
+    }
+
+    fn host_for_key(&mut self, key: &str) -> u32 {
+        if let Some(i) = self.host_index.get(key) {
+            return *i;
+        }
+        let i = self.lanes.add();
+        debug_assert_eq!(i as usize, self.hosts.len());
+        self.hosts.push(Host {
+            key: key.to_string(),
+            breaker: Breaker::default(),
+            in_flight: 0,
+            pending: 0,
+            last_success_ms: 0,
+            last_failure_ms: 0,
+            last_error: None,
+        });
+        self.host_index.insert(key.to_string(), i);
+        i
+    }
+
+    /// Puts an entry in its host's lane (due now) or on the timer heap.
+    /// Returns whether the dispatcher must look: work is ready, or the
+    /// earliest timer moved earlier than the one it sleeps for.
+    fn schedule(&mut self, id: &Arc<str>, at: u64, retry: bool) -> bool {
+        let Some(e) = self.entries.get_mut(id) else {
+            return false;
+        };
+        place(
+            e,
+            id,
+            at,
+            retry,
+            now_ms(),
+            &mut self.lanes,
+            &mut self.timers,
+        )
+    }
+}
+
+/// [`State::schedule`] for an entry already borrowed.
+fn place(
+    e: &mut Entry,
+    id: &Arc<str>,
+    at: u64,
+    retry: bool,
+    now: u64,
+    lanes: &mut Lanes,
+    timers: &mut BinaryHeap<Reverse<(u64, Timer)>>,
+) -> bool {
+    if at <= now {
+        e.phase = Phase::Queued;
+        e.next_ms = u64::MAX;
+        lanes.push(e.host, id.clone(), retry);
+        true
+    } else {
+        e.phase = Phase::Waiting;
+        e.next_ms = at;
+        let earliest = timers.peek().is_none_or(|Reverse((first, _))| at < *first);
+        timers.push(Reverse((at, Timer::Entry(id.clone()))));
+        earliest
+    }
+}

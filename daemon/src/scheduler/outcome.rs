@@ -1,0 +1,263 @@
+//! Outcomes: an attempt's result applied to its request (delivered, retry
+//! at a later time, dead letter, expired) and to its host (breaker, last
+//! success or failure), and recorded in the spool.
+
+use super::dispatch::Start;
+use super::entry::{JobRef, Phase};
+use super::{BreakerConfig, Engine, State, Timer};
+use crate::clock::now_ms;
+use crate::config::DeliveryConfig;
+use crate::delivery::retry::{Backoff, Verdict};
+use crate::delivery::Attempt;
+use crate::job::Job;
+use crate::spool::{Kind, Outcome};
+use std::cmp::Reverse;
+use std::sync::Arc;
+use tracing::{debug, error, warn};
+
+fn backoff(d: &DeliveryConfig) -> Backoff {
+    Backoff {
+        base_ms: d.backoff_base_ms,
+        multiplier: d.backoff_multiplier,
+        max_ms: d.backoff_max_ms,
+    }
+}
+
+impl Engine {
+    /// A job whose spool record cannot be read can never be delivered: it
+    /// becomes a dead letter that says why, instead of vanishing.
+    pub(super) fn unreadable(&self, id: &Arc<str>, host: u32, error: String) -> Option<Start> {
+        let now = now_ms();
+        let history = self.dcfg().status_history;
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        st.hosts[host as usize].in_flight -= 1;
+        if let Some(e) = st.entries.get_mut(id) {
+            e.last_error = Some(error.as_str().into());
+            let attempts = e.attempts;
+            let at = e.job.loc();
+            error!(id = %id, error = %error, "cannot load request from the spool; kept as dead letter");
+            st.end(id, Phase::Dead, now, history);
+            if let Some(s) = &self.spool {
+                let mut o = Outcome::expired(attempts, now);
+                o.kind = Kind::Dead;
+                o.error = Some(error.into());
+                s.record(id, at, o);
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+        self.idle.notify_waiters();
+        None
+    }
+
+    /// Applies an attempt's outcome; returns the next job for the same task.
+    pub(super) fn finish(
+        &self,
+        id: &Arc<str>,
+        host: u32,
+        job: &Arc<Job>,
+        a: Attempt,
+    ) -> Option<Start> {
+        let now = now_ms();
+        let dcfg = self.dcfg();
+        let mut st = self.lock();
+        let host = host as usize;
+        // Counters first: whatever happened to the entry, the slot is free.
+        st.in_flight -= 1;
+        st.hosts[host].in_flight -= 1;
+        let host_error = st.hosts[host].last_error.clone();
+        let Some(e) = st.entries.get_mut(id) else {
+            drop(st);
+            self.wake.notify_one();
+            self.idle.notify_waiters();
+            return None;
+        };
+        e.attempts = e.attempts.saturating_add(1);
+        e.last_status = a.status;
+        // Many requests fail the same way: share the host's copy of the text.
+        let err: Option<Arc<str>> = a.error.as_deref().map(|msg| match &host_error {
+            Some(x) if &**x == msg => x.clone(),
+            _ => Arc::from(msg),
+        });
+        e.last_error = err.clone();
+        e.snippet = a.snippet.clone().map(Into::into);
+        let attempts = e.attempts;
+        let here = e.job.loc();
+        // Only built when a log line will be written.
+        let url = tracing::field::display(crate::job::Redacted(&job.uri));
+        let h = &mut st.hosts[host];
+        // Set when a timer may now be due before the dispatcher's next wake,
+        // or a host's limit went up.
+        let mut kick = false;
+        let end = match a.verdict {
+            Verdict::Success => {
+                kick |= h.breaker.answered(now, dcfg.breaker_threshold);
+                h.last_success_ms = now;
+                debug!(id = %job.id, url, status = a.status, attempts, "delivered");
+                Some(Phase::Delivered)
+            }
+            Verdict::Final => {
+                // The host answered: it is alive, whatever it thought of the request.
+                kick |= h.breaker.answered(now, dcfg.breaker_threshold);
+                h.last_failure_ms = now;
+                h.last_error = err;
+                warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
+                Some(Phase::Dead)
+            }
+            Verdict::Retry => {
+                h.last_failure_ms = now;
+                h.last_error = err;
+                let cfg = BreakerConfig {
+                    threshold: dcfg.breaker_threshold,
+                    cooldown_ms: dcfg.breaker_cooldown_ms,
+                    cooldown_max_ms: dcfg.breaker_cooldown_max_ms,
+                };
+                if let Some(trip) = h.breaker.failed(now, a.started_ms, cfg) {
+                    warn!(host = %h.key, failures = trip.failures, pause_ms = trip.cooldown_ms, "host keeps failing; pausing deliveries to it");
+                    st.timers.push(Reverse((trip.until, Timer::Host)));
+                    kick = true;
+                }
+                match st.retry_or_end(id, job, &a, attempts, now, &dcfg) {
+                    Err(end) => Some(end),
+                    Ok((at, scheduled)) => {
+                        kick |= scheduled;
+                        if let Some(s) = &self.spool {
+                            s.record(id, here, outcome_of(Kind::Retry, attempts, at, &a, now));
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(phase) = end {
+            st.end(&job.id, phase, now, dcfg.status_history);
+            if let Some(s) = &self.spool {
+                s.record(id, here, outcome_of(phase.kind(), attempts, 0, &a, now));
+            }
+        }
+        let next = st.take_one(now, &dcfg, self.spool.as_deref());
+        let idle = st.in_flight == 0;
+        drop(st);
+        if next.is_none() || kick {
+            // A slot is free (the dispatcher may have work for it
+            // elsewhere), or a new timer may be due before its next wake.
+            self.wake.notify_one();
+        }
+        if end == Some(Phase::Delivered) {
+            self.room.notify_waiters();
+        }
+        if idle {
+            self.idle.notify_waiters();
+        }
+        next
+    }
+}
+
+/// The spool's record of an attempt's result.
+fn outcome_of(kind: Kind, attempts: u32, next_ms: u64, a: &Attempt, now: u64) -> Outcome {
+    Outcome::after_attempt(
+        kind,
+        attempts,
+        next_ms,
+        a.status,
+        a.error.as_deref(),
+        a.snippet.as_deref(),
+        now,
+    )
+}
+
+impl State {
+    /// After a failed attempt that may be retried: the end state when the
+    /// attempts are spent or the ttl passes before the next one, else the
+    /// time of the retry, scheduled, and whether the dispatcher must look
+    /// (see [`State::schedule`]).
+    fn retry_or_end(
+        &mut self,
+        id: &Arc<str>,
+        job: &Job,
+        a: &Attempt,
+        attempts: u32,
+        now: u64,
+        dcfg: &DeliveryConfig,
+    ) -> Result<(u64, bool), Phase> {
+        let url = tracing::field::display(crate::job::Redacted(&job.uri));
+        if attempts >= job.max_attempts {
+            warn!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, "delivery failed, attempts spent; kept as dead letter");
+            return Err(Phase::Dead);
+        }
+        let wait = backoff(dcfg).wait_ms(attempts, fastrand::f64(), a.retry_after_ms);
+        let at = now + wait;
+        if at >= job.expires_ms {
+            warn!(id = %job.id, url, attempts, "ttl passes before the next attempt; expired");
+            return Err(Phase::Expired);
+        }
+        debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
+        self.counters.retried += 1;
+        self.cool(id);
+        Ok((at, self.schedule(id, at, true)))
+    }
+
+    /// Keeps a delivered id for `status`, forgetting the oldest past `history`.
+    pub(super) fn remember_delivered(&mut self, id: Arc<str>, history: usize) {
+        self.finished.push_back(id);
+        while self.finished.len() > history {
+            if let Some(old) = self.finished.pop_front() {
+                if self
+                    .entries
+                    .get(&old)
+                    .is_some_and(|e| e.phase == Phase::Delivered)
+                {
+                    self.entries.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A hot job leaves memory (its first attempt is done, or it ended).
+    pub(super) fn cool(&mut self, id: &str) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if let JobRef::Hot(_, loc) = e.job {
+                e.job = JobRef::Disk(loc);
+                self.hot_bytes -= e.bytes;
+            }
+        }
+    }
+
+    /// Moves an entry to an end state.
+    pub(super) fn end(&mut self, id: &Arc<str>, phase: Phase, now: u64, history: usize) {
+        self.cool(id);
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        let was_pending = e.phase.is_pending();
+        e.phase = phase;
+        e.finished_ms = now;
+        let host = e.host as usize;
+        match phase {
+            Phase::Delivered => {
+                e.job = JobRef::Gone;
+                self.bytes -= e.bytes;
+                e.bytes = 0;
+                self.counters.delivered += 1;
+                self.remember_delivered(id.clone(), history);
+            }
+            Phase::Dead | Phase::Expired => {
+                let seq = self.next_dead_seq;
+                self.next_dead_seq += 1;
+                e.dead_seq = seq;
+                self.dead.insert(seq, id.clone());
+                if phase == Phase::Dead {
+                    self.counters.dead += 1;
+                } else {
+                    self.counters.expired += 1;
+                }
+            }
+            _ => {}
+        }
+        if was_pending {
+            self.pending -= 1;
+            self.hosts[host].pending -= 1;
+        }
+    }
+}
