@@ -109,20 +109,7 @@ async fn serve(
     tokio::spawn(report_status(engine.clone(), shutdown.clone()));
     drop(shutdown);
 
-    let sig = loop {
-        match signals.recv().await {
-            Some("SIGHUP") => {
-                systemd::notify("RELOADING=1");
-                if let Some(r) = &reload {
-                    apply_reload(r, &cfg, &engine, &reload_log);
-                } else {
-                    info!("SIGHUP: no --config file; nothing to reload");
-                }
-                systemd::notify("READY=1");
-            }
-            other => break other,
-        }
-    };
+    let sig = until_stop(&mut signals, reload.as_ref(), &cfg, &engine, &reload_log).await;
     systemd::notify("STOPPING=1\nSTATUS=draining");
     info!(
         signal = sig.unwrap_or("?"),
@@ -148,6 +135,29 @@ async fn serve(
     }
     report_stop(spool.as_deref(), in_flight, pending).await;
     Ok(())
+}
+
+/// Serves SIGHUPs until a stop signal; returns its name.
+async fn until_stop(
+    signals: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    reload: Option<&Reload>,
+    cfg: &Config,
+    engine: &Engine,
+    reload_log: &logging::ReloadLog,
+) -> Option<&'static str> {
+    loop {
+        match signals.recv().await {
+            Some("SIGHUP") => {
+                systemd::notify("RELOADING=1");
+                match reload {
+                    Some(r) => apply_reload(r, cfg, engine, reload_log),
+                    None => info!("SIGHUP: no --config file; nothing to reload"),
+                }
+                systemd::notify("READY=1");
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The spool of `cfg` (disk mode) with its flusher running, or `None`.

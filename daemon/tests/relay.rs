@@ -8,9 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{bin, Daemon, Reply, Sink, FAST};
-
-const T: Duration = Duration::from_secs(20);
+use support::{bin, wait_until, Daemon, Reply, Sink, FAST, T};
 
 /// Writes raw bytes, closes the write side, returns every answer line.
 fn raw_exchange(d: &Daemon, bytes: &[u8]) -> Vec<Value> {
@@ -440,18 +438,16 @@ fn sends_while_shutting_down_are_refused_and_ops_answer() {
     sink.wait_for(1, T);
     d.signal("TERM");
     // The connection opened before the signal is still served while draining.
-    let deadline = Instant::now() + T;
-    loop {
+    wait_until("a refusal", T, Duration::from_millis(10), || {
         match c.send(&Request::get(&sink.url("/late"))) {
             Err(ffclient::Error::Rejected { code_str, .. }) => {
                 assert_eq!(code_str, "shutting_down");
-                break;
+                Ok(())
             }
-            Ok(_) => assert!(Instant::now() < deadline, "never refused"),
+            Ok(_) => Err("still accepted".into()),
             Err(e) => panic!("{e}"),
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    });
     assert!(d.wait_exit(T).success());
 }
 
@@ -751,17 +747,12 @@ fn a_recovered_host_gets_its_full_concurrency_back() {
     p.finish().unwrap();
     d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
     // Once a request succeeds, the host is healthy: 8 run at once again.
-    let deadline = Instant::now() + T;
-    loop {
+    wait_until("8 in flight", T, Duration::from_millis(5), || {
         let running = sink.count() - sink.completed();
         if running >= 8 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("stuck at {running} in flight: {}", d.stats()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "stuck at {running} in flight: {}",
-            d.stats()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    });
 }

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{bin, Daemon, Reply, Sink, FAST};
-
-const T: Duration = Duration::from_secs(30);
+use std::time::Duration;
+use support::{bin, wait_until, Daemon, Reply, Sink, FAST, T};
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
@@ -336,15 +334,19 @@ fn finished_segments_are_removed_and_dead_letters_compacted() {
     d.wait_stats("all finished", T, |s| {
         s["delivered"] == 400 && s["dead"] == 1
     });
-    let deadline = Instant::now() + T;
-    while segments(&d.spool).len() > 3 {
-        assert!(
-            Instant::now() < deadline,
-            "segments stay: {:?}",
-            segments(&d.spool)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "finished segments removed",
+        T,
+        Duration::from_millis(50),
+        || {
+            let segs = segments(&d.spool);
+            if segs.len() <= 3 {
+                Ok(())
+            } else {
+                Err(format!("segments stay: {segs:?}"))
+            }
+        },
+    );
     assert_eq!(c.dead(None).unwrap().as_array().unwrap().len(), 1);
 }
 
@@ -398,14 +400,9 @@ fn status_of_a_delivered_id_survives_a_restart() {
     d.wait_stats("delivered", T, |s| s["delivered"] == 1);
     assert!(d.stop().success());
     d.restart();
-    let deadline = Instant::now() + T;
-    let st = loop {
-        match d.client().status(&id) {
-            Ok(st) => break st,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let st = wait_until("status after restart", T, Duration::from_millis(20), || {
+        d.client().status(&id).map_err(|e| e.to_string())
+    });
     assert_eq!(st["state"], "delivered", "{st}");
     assert_eq!(st["last_status"], 200);
     assert_eq!(st["attempts"], 1);
@@ -484,17 +481,15 @@ fn a_full_disk_answers_spool_full_and_loses_nothing_acknowledged() {
     // and then it accepts again without anyone making room.
     sink.set(|_, _| Reply::status(200));
     d.wait_stats("backlog delivered", T, |s| s["delivered"] == acked.len());
-    let deadline = Instant::now() + T;
-    loop {
+    wait_until("room again", T, Duration::from_millis(50), || {
         match c.send(&Request::post(&sink.url("/after")).body("room again")) {
-            Ok(_) => break,
+            Ok(_) => Ok(()),
             Err(ffclient::Error::Rejected { code_str, .. }) if code_str == "spool_full" => {
-                assert!(Instant::now() < deadline, "still full: {}", d.stats());
-                std::thread::sleep(Duration::from_millis(50));
+                Err(format!("still full: {}", d.stats()))
             }
             Err(e) => panic!("{e}"),
         }
-    }
+    });
     sink.wait("the new request", T, |r| {
         r.iter().any(|r| r.path == "/after")
     });

@@ -13,9 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{bin, Daemon, Sink, FAST};
-
-const T: Duration = Duration::from_secs(20);
+use support::{bin, Daemon, Sink, FAST, T};
 
 fn units_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd"))
@@ -264,11 +262,7 @@ fn sighup_reloads_limits_and_names_what_needs_a_restart() {
     )
     .unwrap();
     d.signal("HUP");
-    let deadline = Instant::now() + T;
-    while !d.logs().contains("only take effect after a restart") {
-        assert!(Instant::now() < deadline, "{}", d.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log("only take effect after a restart", T);
     let logs = d.logs();
     assert!(logs.contains("delivery.breaker_threshold"), "{logs}");
     assert!(logs.contains("log_level"), "{logs}");
@@ -277,10 +271,7 @@ fn sighup_reloads_limits_and_names_what_needs_a_restart() {
     // A broken file is refused and the running config kept.
     std::fs::write(d.dir.join("ffd.toml"), "[delivery]\nmax_in_flight = -1\n").unwrap();
     d.signal("HUP");
-    while !d.logs().contains("config not reloaded") {
-        assert!(Instant::now() < deadline, "{}", d.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log("config not reloaded", T);
     d.client().ping().unwrap();
 }
 

@@ -176,33 +176,7 @@ pub async fn run(
                     "refused a peer not in allowed_uids/allowed_gids"
                 );
                 engine.count_rejected(ffd_proto::ErrorCode::Forbidden);
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut stream = stream;
-                    let mut line = Vec::new();
-                    ffd_proto::write_error(
-                        &mut line,
-                        ffd_proto::ErrorCode::Forbidden,
-                        "this user may not use ffd (see allowed_uids / allowed_gids)",
-                    );
-                    let _ = stream.write_all(&line).await;
-                    let _ = stream.shutdown().await;
-                    // Swallow what the peer already sent (bounded in bytes and
-                    // time) before closing: closing on unread data would make
-                    // its write fail before it reads the answer.
-                    let mut sink = [0u8; 4096];
-                    let mut left: usize = 64 * 1024;
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                        while left > 0 {
-                            match stream.read(&mut sink).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => left = left.saturating_sub(n),
-                            }
-                        }
-                    })
-                    .await;
-                    drop(permit);
-                });
+                tokio::spawn(refuse(stream, permit));
                 continue;
             }
         }
@@ -215,4 +189,31 @@ pub async fn run(
             drop(permit);
         });
     }
+}
+
+/// Answers a refused peer `forbidden` and closes, after swallowing what it
+/// already sent (bounded in bytes and time): closing on unread data would
+/// make its write fail before it reads the answer.
+async fn refuse(mut stream: tokio::net::UnixStream, permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut line = Vec::new();
+    ffd_proto::write_error(
+        &mut line,
+        ffd_proto::ErrorCode::Forbidden,
+        "this user may not use ffd (see allowed_uids / allowed_gids)",
+    );
+    let _ = stream.write_all(&line).await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    drop(permit);
 }

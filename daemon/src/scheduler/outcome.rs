@@ -10,7 +10,7 @@ use crate::config::DeliveryConfig;
 use crate::delivery::retry::{Backoff, Verdict};
 use crate::delivery::Attempt;
 use crate::job::Job;
-use crate::spool::{Kind, Outcome};
+use crate::spool::{Kind, Outcome, Spool};
 use std::cmp::Reverse;
 use std::sync::Arc;
 use tracing::{debug, error, warn};
@@ -62,17 +62,53 @@ impl Engine {
         let now = now_ms();
         let dcfg = self.dcfg();
         let mut st = self.lock();
-        let host = host as usize;
         // Counters first: whatever happened to the entry, the slot is free.
         st.in_flight -= 1;
-        st.hosts[host].in_flight -= 1;
-        let host_error = st.hosts[host].last_error.clone();
-        let Some(e) = st.entries.get_mut(id) else {
+        st.hosts[host as usize].in_flight -= 1;
+        let Some((end, kick)) =
+            st.apply_attempt(id, host, job, &a, now, &dcfg, self.spool.as_deref())
+        else {
             drop(st);
             self.wake.notify_one();
             self.idle.notify_waiters();
             return None;
         };
+        let next = st.take_one(now, &dcfg, self.spool.as_deref());
+        let idle = st.in_flight == 0;
+        drop(st);
+        if next.is_none() || kick {
+            // A slot is free (the dispatcher may have work for it
+            // elsewhere), or a new timer may be due before its next wake.
+            self.wake.notify_one();
+        }
+        if end == Some(Phase::Delivered) {
+            self.room.notify_waiters();
+        }
+        if idle {
+            self.idle.notify_waiters();
+        }
+        next
+    }
+}
+
+impl State {
+    /// Applies an attempt to its request (attempts, last status and error,
+    /// end state or retry) and to its host (breaker, last success or
+    /// failure), and records it in the spool. Returns the end state reached
+    /// and whether the dispatcher must look; `None` if the request is gone.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_attempt(
+        &mut self,
+        id: &Arc<str>,
+        host: u32,
+        job: &Job,
+        a: &Attempt,
+        now: u64,
+        dcfg: &DeliveryConfig,
+        spool: Option<&Spool>,
+    ) -> Option<(Option<Phase>, bool)> {
+        let host_error = self.hosts[host as usize].last_error.clone();
+        let e = self.entries.get_mut(id)?;
         e.attempts = e.attempts.saturating_add(1);
         e.last_status = a.status;
         // Many requests fail the same way: share the host's copy of the text.
@@ -86,9 +122,7 @@ impl Engine {
         let here = e.job.loc();
         // Only built when a log line will be written.
         let url = tracing::field::display(crate::job::Redacted(&job.uri));
-        let h = &mut st.hosts[host];
-        // Set when a timer may now be due before the dispatcher's next wake,
-        // or a host's limit went up.
+        let h = &mut self.hosts[host as usize];
         let mut kick = false;
         let end = match a.verdict {
             Verdict::Success => {
@@ -115,15 +149,15 @@ impl Engine {
                 };
                 if let Some(trip) = h.breaker.failed(now, a.started_ms, cfg) {
                     warn!(host = %h.key, failures = trip.failures, pause_ms = trip.cooldown_ms, "host keeps failing; pausing deliveries to it");
-                    st.timers.push(Reverse((trip.until, Timer::Host)));
+                    self.timers.push(Reverse((trip.until, Timer::Host)));
                     kick = true;
                 }
-                match st.retry_or_end(id, job, &a, attempts, now, &dcfg) {
+                match self.retry_or_end(id, job, a, attempts, now, dcfg) {
                     Err(end) => Some(end),
                     Ok((at, scheduled)) => {
                         kick |= scheduled;
-                        if let Some(s) = &self.spool {
-                            s.record(id, here, outcome_of(Kind::Retry, attempts, at, &a, now));
+                        if let Some(s) = spool {
+                            s.record(id, here, outcome_of(Kind::Retry, attempts, at, a, now));
                         }
                         None
                     }
@@ -131,26 +165,12 @@ impl Engine {
             }
         };
         if let Some(phase) = end {
-            st.end(&job.id, phase, now, dcfg.status_history);
-            if let Some(s) = &self.spool {
-                s.record(id, here, outcome_of(phase.kind(), attempts, 0, &a, now));
+            self.end(id, phase, now, dcfg.status_history);
+            if let Some(s) = spool {
+                s.record(id, here, outcome_of(phase.kind(), attempts, 0, a, now));
             }
         }
-        let next = st.take_one(now, &dcfg, self.spool.as_deref());
-        let idle = st.in_flight == 0;
-        drop(st);
-        if next.is_none() || kick {
-            // A slot is free (the dispatcher may have work for it
-            // elsewhere), or a new timer may be due before its next wake.
-            self.wake.notify_one();
-        }
-        if end == Some(Phase::Delivered) {
-            self.room.notify_waiters();
-        }
-        if idle {
-            self.idle.notify_waiters();
-        }
-        next
+        Some((end, kick))
     }
 }
 

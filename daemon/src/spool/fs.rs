@@ -44,7 +44,7 @@ pub trait Fs: Send + Sync {
     /// Renames a file.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, removals) durable.
-    fn sync_dir(&self, dir: &Path);
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// The real file system.
@@ -109,10 +109,8 @@ impl Fs for RealFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
     }
-    fn sync_dir(&self, dir: &Path) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
     }
 }
 

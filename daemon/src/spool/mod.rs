@@ -77,6 +77,38 @@ pub enum ReadError {
     Damaged,
 }
 
+/// The segments already in `dir` (sizes only: replay reads them), their
+/// total size, and the number of the next segment.
+fn existing_segments(
+    fs: &dyn Fs,
+    dir: &Path,
+) -> anyhow::Result<(BTreeMap<u64, SegInfo>, u64, u64)> {
+    use anyhow::Context;
+    let existing = list_segments(fs, dir)
+        .with_context(|| format!("cannot list spool directory {}", dir.display()))?;
+    let mut segments = BTreeMap::new();
+    let mut total = 0;
+    for n in &existing {
+        let bytes = fs.len(&seg_path(dir, *n)).unwrap_or(0);
+        total += bytes;
+        segments.insert(
+            *n,
+            SegInfo {
+                bytes,
+                live: 0,
+                records: 0,
+            },
+        );
+    }
+    let first_new = match existing.last() {
+        Some(n) => n
+            .checked_add(1)
+            .with_context(|| format!("spool segment numbers in {} are exhausted", dir.display()))?,
+        None => 1,
+    };
+    Ok((segments, total, first_new))
+}
+
 /// Sorts an I/O error: a full disk is `DiskFull`, the rest `Io`.
 fn io_error(e: &std::io::Error) -> SpoolError {
     let full = e.kind() == std::io::ErrorKind::StorageFull
@@ -145,28 +177,7 @@ impl Spool {
                 dir.display()
             )
         })?;
-        let existing = list_segments(&*fs, dir)
-            .with_context(|| format!("cannot list spool directory {}", dir.display()))?;
-        let mut segments = BTreeMap::new();
-        let mut total = 0;
-        for n in &existing {
-            let bytes = fs.len(&seg_path(dir, *n)).unwrap_or(0);
-            total += bytes;
-            segments.insert(
-                *n,
-                SegInfo {
-                    bytes,
-                    live: 0,
-                    records: 0,
-                },
-            );
-        }
-        let first_new = match existing.last() {
-            Some(n) => n.checked_add(1).with_context(|| {
-                format!("spool segment numbers in {} are exhausted", dir.display())
-            })?,
-            None => 1,
-        };
+        let (mut segments, mut total, first_new) = existing_segments(&*fs, dir)?;
         let (file, len) = match create_segment(&*fs, dir, first_new, fsync) {
             Ok((f, len)) => {
                 segments.insert(

@@ -100,8 +100,10 @@ pub(super) fn create_segment(
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     let written = f.append(&header).and_then(|_| {
         if fsync == FsyncMode::Always {
+            // Without the directory entry on disk, a power loss would take
+            // the whole segment, synced records and all.
             f.sync_data()?;
-            fs.sync_dir(dir);
+            fs.sync_dir(dir)?;
         }
         Ok(())
     });
@@ -322,7 +324,11 @@ impl Spool {
                 }
             }
             if self.fsync == FsyncMode::Always {
-                self.fs.sync_dir(&self.dir);
+                // A removal undone by a power loss brings back finished
+                // jobs (a repeated delivery), never loses one: log only.
+                if let Err(e) = self.fs.sync_dir(&self.dir) {
+                    warn!(error = %e, "cannot sync the spool directory after a removal");
+                }
             }
             self.bytes.fetch_sub(info.bytes, Ordering::Relaxed);
             inner.segments.remove(&n);

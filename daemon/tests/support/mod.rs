@@ -16,6 +16,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// The one time limit for anything a test waits on: generous, since the
+/// machines are shared and noisy; a pass never waits for it.
+pub const T: Duration = Duration::from_secs(30);
+
+/// Calls `check` until it returns `Some`, every `every`; panics after
+/// `timeout` with `what` and the last word of `check` (`Err`).
+pub fn wait_until<R>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<R, String>,
+) -> R {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(r) => return r,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {last}")
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
 /// Retries fast, never trips the breaker: for tests that count attempts.
 pub const FAST: &str = "[delivery]\nbackoff_base_ms = 50\nbackoff_multiplier = 2\nbackoff_max_ms = 400\nbreaker_threshold = 1000\ntimeout_ms = 5000\n";
 
@@ -419,20 +443,30 @@ impl Daemon {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(what, timeout, Duration::from_millis(20), || {
             let s = self.stats();
             if pred(&s) {
-                return s;
+                Ok(s)
+            } else {
+                Err(format!("stats: {s:#}\nlogs:\n{}", self.logs()))
             }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out waiting for {what}; stats: {s:#}\nlogs:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
+    }
+
+    /// Waits until ffd's log holds `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        wait_until(
+            &format!("log line {text:?}"),
+            timeout,
+            Duration::from_millis(20),
+            || {
+                if self.logs().contains(text) {
+                    Ok(())
+                } else {
+                    Err(self.logs())
+                }
+            },
+        )
     }
 
     pub fn pid(&self) -> i32 {
@@ -461,16 +495,17 @@ impl Daemon {
     /// Waits for the process to exit (after a signal), with a timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() >= deadline {
+        let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until("ffd to exit", timeout, Duration::from_millis(10), || {
+                child.try_wait().unwrap().ok_or_else(|| self.logs())
+            })
+        }));
+        match status {
+            Ok(s) => s,
+            Err(e) => {
                 let _ = child.kill();
-                panic!("ffd did not exit within {timeout:?}:\n{}", self.logs());
+                std::panic::resume_unwind(e)
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
