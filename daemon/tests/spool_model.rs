@@ -291,10 +291,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (1u8..=4).prop_map(Op::Append),
-        4 => (any::<u16>(), 0u8..3).prop_map(|(k, o)| Op::Finish(k, o)),
+        6 => (any::<u16>(), 0u8..3).prop_map(|(k, o)| Op::Finish(k, o)),
         3 => Just(Op::Flush),
-        2 => Just(Op::Compact),
-        1 => (1u8..8).prop_map(Op::FailAt),
+        3 => Just(Op::Compact),
+        2 => (1u8..4).prop_map(Op::FailAt),
         1 => (1u8..12).prop_map(Op::StopAt),
         2 => Just(Op::Reopen),
     ]
@@ -571,7 +571,7 @@ fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+        .unwrap_or(2048);
     ProptestConfig {
         cases,
         failure_persistence: None,
