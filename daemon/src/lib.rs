@@ -126,6 +126,9 @@ async fn serve(
         }
     };
     trigger.exit();
+    if let Some(s) = &spool {
+        s.wake_flusher();
+    }
     // Connections finish the lines they hold; tasks let go of their handles.
     if !trigger.wait_tasks(Duration::from_millis(500)).await {
         info!("some tasks were still busy at exit");

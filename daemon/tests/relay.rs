@@ -756,3 +756,23 @@ fn a_recovered_host_gets_its_full_concurrency_back() {
         }
     });
 }
+
+#[test]
+fn sigterm_closes_idle_connections_and_every_task_lets_go() {
+    let mut d = Daemon::start(FAST);
+    // An idle client, and one holding half a line.
+    let idle = UnixStream::connect(&d.socket).unwrap();
+    let mut partial = UnixStream::connect(&d.socket).unwrap();
+    partial.write_all(b"{\"op\":\"pi").unwrap();
+    d.client().ping().unwrap();
+    let status = d.stop();
+    assert!(status.success(), "{status:?}\n{}", d.logs());
+    for mut s in [idle, partial] {
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "half a line is not answered: {rest:?}");
+    }
+    let logs = d.logs();
+    assert!(!logs.contains("still busy"), "{logs}");
+}

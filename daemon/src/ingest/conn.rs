@@ -50,7 +50,12 @@ pub async fn serve(
     loop {
         let read = tokio::select! {
             r = rd.read(&mut chunk) => r,
-            _ = shutdown.exiting() => break,
+            // Every complete line read so far has been answered; a partial
+            // one is not a request yet.
+            _ = shutdown.exiting() => {
+                let _ = wr.shutdown().await;
+                return;
+            }
         };
         let n = match read {
             Ok(0) => break,

@@ -396,6 +396,15 @@ impl Spool {
         self.wake.notify_one();
     }
 
+    /// Wakes the flusher so it sees a shutdown at once (not at its next
+    /// one-second tick).
+    pub fn wake_flusher(&self) {
+        // Under the lock: the flusher is either before its check (and sees
+        // the shutdown) or waiting (and gets this wake-up).
+        let _inner = self.lock();
+        self.wake.notify_one();
+    }
+
     /// Writes what is buffered, syncs and stops; later appends fail with `Closed`.
     pub async fn close(&self) {
         let mut inner = self.lock();
