@@ -4,14 +4,48 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use std::sync::Arc;
 
+/// Who sent a request: the peer's uid and gid (SO_PEERCRED) at accept time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The sender's uid.
+    pub uid: u32,
+    /// The sender's primary gid.
+    pub gid: u32,
+}
+
+/// The key a request is known by inside ffd: `uid:id` for an owned request,
+/// so the same client id from two users names two requests; the bare id
+/// for a request without an owner (written by ffd before requests had
+/// owners). Ids hold no spaces; the uid ends at the first `:`.
+pub fn owner_key(owner: Option<Owner>, id: &str) -> Arc<str> {
+    match owner {
+        Some(o) => format!("{}:{id}", o.uid).into(),
+        None => id.into(),
+    }
+}
+
+/// The client's id within a key made by [`owner_key`].
+pub fn client_id(key: &str, owned: bool) -> &str {
+    match key.split_once(':') {
+        Some((_, id)) if owned => id,
+        _ => key,
+    }
+}
+
 /// Everything needed to make one attempt, fixed at acceptance.
 ///
 /// Times are Unix milliseconds (not `Instant`s) because they are written to
 /// the spool and must mean the same thing after a restart.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The caller's id or one ffd made.
+    /// The caller's id or one ffd made: what the caller is told and what is
+    /// sent in the id header.
     pub id: Arc<str>,
+    /// Who sent it (`None`: accepted before requests had owners).
+    pub owner: Option<Owner>,
+    /// [`owner_key`] of `owner` and `id`: the request's name in the
+    /// scheduler and in the spool's outcome records.
+    pub key: Arc<str>,
     /// HTTP method.
     pub method: Method,
     /// Absolute http/https URI.

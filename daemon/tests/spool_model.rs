@@ -16,7 +16,7 @@
 //! (never) or synced (always) stays finished.
 
 use ffd::config::FsyncMode;
-use ffd::job::Job;
+use ffd::job::{owner_key, Job, Owner};
 use ffd::spool::{Fs, Kind, Loc, Outcome, SegmentFile, Spool};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -338,8 +338,16 @@ fn kind_code(k: Kind) -> u8 {
 
 fn new_job(n: u64) -> Arc<Job> {
     let body: Vec<u8> = (0..(n * 37 % 150)).map(|i| (i * 7 + n) as u8).collect();
+    // Owned and unowned records (written before owners existed) side by side.
+    let owner = (n % 2 == 1).then_some(Owner {
+        uid: 1000 + (n % 3) as u32,
+        gid: 100,
+    });
+    let id: Arc<str> = format!("j{n}").into();
     Arc::new(Job {
-        id: format!("j{n}").into(),
+        key: owner_key(owner, &id),
+        id,
+        owner,
         method: http::Method::POST,
         uri: format!("http://127.0.0.1:1/x/{n}").parse().unwrap(),
         headers: Vec::new(),
@@ -397,7 +405,11 @@ impl Model {
                 (None, Some(j)) => j.clone(),
                 (None, None) => return Err(format!("{id}: replayed, never appended")),
             };
-            if job.id != expected.id || job.body != expected.body || job.uri != expected.uri {
+            if job.key != expected.key
+                || job.owner != expected.owner
+                || job.body != expected.body
+                || job.uri != expected.uri
+            {
                 return Err(format!("{id}: record at {:?} is another request", r.loc));
             }
             seen.insert(id, (expected, r.loc, r.state));
@@ -466,12 +478,12 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
                                 finished: false,
                                 finish_durable: false,
                             };
-                            m.live.insert(t.job.id.to_string(), t);
+                            m.live.insert(t.job.key.to_string(), t);
                         }
                     }
                     Err(_) => {
                         for job in jobs {
-                            m.refused.insert(job.id.to_string(), job);
+                            m.refused.insert(job.key.to_string(), job);
                         }
                     }
                 }
@@ -516,7 +528,7 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
                     continue;
                 };
                 for (job, loc) in spool.jobs_in(seg) {
-                    let Some(t) = m.live.get_mut(&*job.id) else {
+                    let Some(t) = m.live.get_mut(&*job.key) else {
                         continue;
                     };
                     if t.loc != loc || t.finished {

@@ -7,13 +7,11 @@ mod support;
 
 use ffclient::{Client, Request};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{bin, Daemon, Sink, FAST, T};
+use support::{bin, spawn_on, Daemon, Sink, FAST, T};
 
 fn units_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd"))
@@ -137,36 +135,6 @@ fn socket_activation_accepts_lines_written_before_ffd_started() {
     sink.wait_for(3, T);
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
-}
-
-/// Spawns ffd on a listener the test holds, as systemd would pass it.
-fn spawn_on(listener: &UnixListener, dir: &Path) -> std::process::Child {
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=ffd exec "$0" "$@""#)
-        .arg(bin("ffd"))
-        .arg("--config")
-        .arg(dir.join("ffd.toml"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--socket")
-        .arg(dir.join("unused.sock"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().unwrap()
 }
 
 #[test]

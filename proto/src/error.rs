@@ -28,11 +28,14 @@ pub enum ErrorCode {
     UnknownDest,
     /// The daemon failed in a way that is not the caller's fault.
     Internal,
+    /// Too many connections (in all, or from this user): the connection is
+    /// answered with this one line and closed; try again later.
+    Busy,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::LineTooLong,
@@ -43,6 +46,7 @@ impl ErrorCode {
         ErrorCode::UnknownOp,
         ErrorCode::UnknownDest,
         ErrorCode::Internal,
+        ErrorCode::Busy,
     ];
 
     /// The code as it appears in the `error` field of a response.
@@ -58,6 +62,7 @@ impl ErrorCode {
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::UnknownDest => "unknown_dest",
             ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
         }
     }
 

@@ -14,7 +14,7 @@ pub use request::{
     parse_line, validate_id, validate_url, ControlOp, Line, Selection, SendRequest, Target,
     HOP_BY_HOP, MAX_ATTEMPTS, MAX_ID_BYTES, MAX_TIMEOUT_MS,
 };
-pub use response::{write_error, write_ok_id, write_ok_value, Response};
+pub use response::{write_error, write_ok_duplicate, write_ok_id, write_ok_value, Response};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

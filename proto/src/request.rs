@@ -534,6 +534,11 @@ fn validate_header(
     let hn = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
         ProtoError::bad_request(format!("header name is not a valid token: {}", show(&name)))
     })?;
+    if hn == http::header::HOST {
+        return Err(ProtoError::bad_request(
+            "header `host` cannot be set: ffd sets Host from the URL (put the host in `url`)",
+        ));
+    }
     if HOP_BY_HOP.contains(&hn.as_str()) {
         return Err(ProtoError::bad_request(format!(
             "header `{}` is hop-by-hop or computed by ffd and cannot be set",
@@ -723,6 +728,19 @@ mod tests {
     fn header_value_is_never_echoed() {
         let e = err(r#"{"url":"http://h/","headers":{"authorization":"Bearer sekrit\n"}}"#);
         assert!(!e.message.contains("sekrit"), "{}", e.message);
+    }
+
+    #[test]
+    fn host_is_refused_in_any_form_ffd_sets_it_from_the_url() {
+        for line in [
+            r#"{"url":"http://h/","headers":{"host":"evil.example"}}"#,
+            r#"{"url":"http://h/","headers":{"Host":"h"}}"#,
+            r#"{"url":"http://h/","headers":[["host","a"],["Host","b"]]}"#,
+        ] {
+            let e = err(line);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
+            assert!(e.message.contains("ffd sets Host from the URL"), "{}", e.message);
+        }
     }
 
     #[test]

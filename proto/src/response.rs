@@ -13,6 +13,15 @@ pub fn write_ok_id(out: &mut Vec<u8>, id: &str) {
     out.extend_from_slice(b"}\n");
 }
 
+/// Appends `{"ok":true,"id":"...","duplicate":true}\n` to `out`: the answer
+/// to a send whose id this owner already sent (acknowledged once, not
+/// queued again). Older clients that ignore the field keep working.
+pub fn write_ok_duplicate(out: &mut Vec<u8>, id: &str) {
+    out.extend_from_slice(b"{\"ok\":true,\"id\":");
+    write_json_str(out, id);
+    out.extend_from_slice(b",\"duplicate\":true}\n");
+}
+
 /// Appends `{"ok":false,"error":"<code>","message":"..."}\n` to `out`.
 pub fn write_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     out.extend_from_slice(b"{\"ok\":false,\"error\":\"");
@@ -90,6 +99,14 @@ impl Response {
         }
     }
 
+    /// Whether an accepted send repeated an id its owner had already sent.
+    pub fn duplicate(&self) -> bool {
+        match self {
+            Response::Ok(m) => m.get("duplicate") == Some(&Value::Bool(true)),
+            Response::Err { .. } => false,
+        }
+    }
+
     /// The `id` of an accepted send.
     pub fn id(&self) -> Option<&str> {
         match self {
@@ -111,6 +128,7 @@ mod tests {
         let mut lines = out.split(|b| *b == b'\n');
         let ok = Response::parse(lines.next().unwrap()).unwrap();
         assert_eq!(ok.id(), Some("abc"));
+        assert!(!ok.duplicate());
         match Response::parse(lines.next().unwrap()).unwrap() {
             Response::Err { code, message, .. } => {
                 assert_eq!(code, Some(ErrorCode::SpoolFull));
@@ -118,6 +136,16 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
+    }
+
+    #[test]
+    fn duplicate_is_an_ok_with_its_id() {
+        let mut out = Vec::new();
+        write_ok_duplicate(&mut out, "order-1");
+        assert_eq!(out, b"{\"ok\":true,\"id\":\"order-1\",\"duplicate\":true}\n");
+        let r = Response::parse(&out[..out.len() - 1]).unwrap();
+        assert_eq!(r.id(), Some("order-1"));
+        assert!(r.duplicate());
     }
 
     #[test]

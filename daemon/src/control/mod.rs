@@ -9,7 +9,7 @@ mod replay;
 mod stats;
 mod status;
 
-use crate::scheduler::{Engine, EntryView};
+use crate::scheduler::{Engine, EntryView, Viewer};
 use ffd_proto::{ControlOp, ProtoError, Selection};
 use serde_json::{json, Value};
 
@@ -18,8 +18,28 @@ use serde_json::{json, Value};
 pub struct Peer {
     /// The peer's uid (SO_PEERCRED), when known.
     pub uid: Option<u32>,
+    /// The peer's primary gid, when known.
+    pub gid: Option<u32>,
     /// May run `replay` and `purge`: root or ffd's own user.
     pub admin: bool,
+}
+
+impl Peer {
+    /// Who owns what this peer sends.
+    pub fn owner(&self) -> Option<crate::job::Owner> {
+        Some(crate::job::Owner {
+            uid: self.uid?,
+            gid: self.gid?,
+        })
+    }
+
+    /// What this peer may see.
+    pub fn viewer(&self) -> Viewer {
+        Viewer {
+            uid: self.uid,
+            admin: self.admin,
+        }
+    }
 }
 
 /// What an op answers: the key of its value and the value.
@@ -30,8 +50,8 @@ pub fn handle(op: ControlOp, engine: &Engine, peer: Peer, out: &mut Vec<u8>) {
     let result = match op {
         ControlOp::Ping => ping::run(),
         ControlOp::Stats => stats::run(engine),
-        ControlOp::Status { id } => status::run(engine, &id),
-        ControlOp::Dead { limit } => dead::run(engine, limit),
+        ControlOp::Status { id } => status::run(engine, peer, &id),
+        ControlOp::Dead { limit } => dead::run(engine, peer, limit),
         ControlOp::Replay(sel) => replay::run(engine, peer, &sel),
         ControlOp::Purge(sel) => purge::run(engine, peer, &sel),
     };
@@ -67,6 +87,7 @@ fn admin_only(peer: Peer) -> Result<(), ProtoError> {
 fn entry_json(v: &EntryView) -> Value {
     json!({
         "id": v.id,
+        "owner": v.owner,
         "state": v.phase.as_str(),
         "attempts": v.attempts,
         "max_attempts": v.max_attempts,

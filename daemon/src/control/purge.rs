@@ -8,6 +8,6 @@ use serde_json::json;
 /// Purges one dead letter or all; answers how many.
 pub fn run(engine: &Engine, peer: Peer, sel: &Selection) -> Answer {
     admin_only(peer)?;
-    let n = engine.purge(selected(sel))?;
+    let n = engine.purge(selected(sel), peer.viewer())?;
     Ok(("purged", json!(n)))
 }

@@ -8,6 +8,6 @@ use serde_json::json;
 /// Replays one dead letter or all; answers how many.
 pub fn run(engine: &Engine, peer: Peer, sel: &Selection) -> Answer {
     admin_only(peer)?;
-    let n = engine.replay(selected(sel))?;
+    let n = engine.replay(selected(sel), peer.viewer())?;
     Ok(("replayed", json!(n)))
 }

@@ -97,7 +97,7 @@ pub async fn serve(
                 partial.extend_from_slice(data);
             }
         }
-        if flush(&mut batch, &engine, &mut out, &mut wr).await.is_err() {
+        if flush(&mut batch, &engine, peer, &mut out, &mut wr).await.is_err() {
             return;
         }
     }
@@ -110,7 +110,7 @@ pub async fn serve(
         let line = std::mem::take(&mut partial);
         handle_line(&line, &mut batch, &engine, &mut out, &mut wr, peer).await;
     }
-    let _ = flush(&mut batch, &engine, &mut out, &mut wr).await;
+    let _ = flush(&mut batch, &engine, peer, &mut out, &mut wr).await;
     let _ = wr.shutdown().await;
 }
 
@@ -144,7 +144,7 @@ async fn handle_line(
         Ok(Line::Op(op)) => {
             // An op sees the effect of every send before it on the connection.
             if !batch.sends.is_empty() {
-                let _ = flush(batch, engine, out, wr).await;
+                let _ = flush(batch, engine, peer, out, wr).await;
             }
             let mut buf = Vec::new();
             control::handle(op, engine, peer, &mut buf);
@@ -158,6 +158,7 @@ async fn handle_line(
 async fn flush(
     batch: &mut Batch,
     engine: &Engine,
+    peer: Peer,
     out: &mut Vec<u8>,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> std::io::Result<()> {
@@ -168,14 +169,15 @@ async fn flush(
     let results = if sends.is_empty() {
         Vec::new()
     } else {
-        engine.accept(sends).await
+        engine.accept(sends, peer.owner()).await
     };
     out.clear();
     for slot in batch.slots.drain(..) {
         match slot {
             Slot::Ready(buf) => out.extend_from_slice(&buf),
             Slot::Send(i) => match &results[i] {
-                Ok(id) => ffd_proto::write_ok_id(out, id),
+                Ok(a) if a.duplicate => ffd_proto::write_ok_duplicate(out, &a.id),
+                Ok(a) => ffd_proto::write_ok_id(out, &a.id),
                 Err(e) => ffd_proto::write_error(out, e.code, &e.message),
             },
         }

@@ -156,6 +156,7 @@ pub async fn run(
         let uid = cred.map(|c| c.uid());
         let peer = Peer {
             uid,
+            gid: cred.map(|c| c.gid()),
             admin: matches!(uid, Some(u) if u == 0 || u == my_uid),
         };
         let engine = engine.clone();

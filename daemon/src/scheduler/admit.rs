@@ -3,11 +3,11 @@
 //! written to the spool in one go, and only then are the jobs queued and
 //! acknowledged.
 
-use super::entry::{Entry, JobRef, Phase, HOT_BYTES};
+use super::entry::{Entry, JobRef, Phase, HOT_BYTES, NO_OWNER};
 use super::{place, Engine, State};
 use crate::clock::now_ms;
 use crate::config::WhenFull;
-use crate::job::Job;
+use crate::job::{owner_key, Job, Owner};
 use crate::spool::{Loc, SpoolError};
 use bytes::Bytes;
 use ffd_proto::{ErrorCode, ProtoError, SendRequest, Target};
@@ -15,6 +15,19 @@ use http::{HeaderName, HeaderValue, Uri};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A send acknowledged: the id the caller is told, and whether its owner
+/// had already sent that id (acknowledged once, not queued again).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The request's id (the caller's, or one ffd made).
+    pub id: Arc<str>,
+    /// The owner sent this id before.
+    pub duplicate: bool,
+}
+
+/// What admission says to one send.
+pub type Admitted = Result<Accepted, ProtoError>;
 
 /// A job of the batch: its index in the batch, the job, its bytes.
 type Pending = (usize, Arc<Job>, u64);
@@ -27,13 +40,13 @@ fn dedupe(jobs: &mut Vec<Pending>) -> Vec<(usize, usize)> {
         return same_as;
     }
     let mut seen: HashMap<Arc<str>, usize> = HashMap::with_capacity(jobs.len());
-    jobs.retain(|(i, job, _)| match seen.get(&job.id) {
+    jobs.retain(|(i, job, _)| match seen.get(&job.key) {
         Some(first) => {
             same_as.push((*i, *first));
             false
         }
         None => {
-            seen.insert(job.id.clone(), *i);
+            seen.insert(job.key.clone(), *i);
             true
         }
     });
@@ -54,7 +67,12 @@ enum Reserve {
 
 impl Engine {
     /// Turns a validated send into a job, resolving `dest` and the defaults.
-    fn make_job(&self, req: SendRequest, now: u64) -> Result<Job, ProtoError> {
+    fn make_job(
+        &self,
+        req: SendRequest,
+        owner: Option<Owner>,
+        now: u64,
+    ) -> Result<Job, ProtoError> {
         let dcfg = self.dcfg();
         let mut headers: Vec<(HeaderName, HeaderValue)>;
         let uri: Uri = match req.target {
@@ -103,7 +121,9 @@ impl Engine {
             ));
         }
         Ok(Job {
+            key: owner_key(owner, &id),
             id,
+            owner,
             method,
             uri,
             headers,
@@ -116,17 +136,21 @@ impl Engine {
         })
     }
 
-    /// Accepts a batch of sends from one connection: validates, persists (one
-    /// spool write for the batch), queues. Results are in the batch's order.
-    pub async fn accept(&self, reqs: Vec<SendRequest>) -> Vec<Result<Arc<str>, ProtoError>> {
+    /// Accepts a batch of sends from one connection of `owner`: validates,
+    /// persists (one spool write for the batch), queues. Results are in the
+    /// batch's order.
+    pub async fn accept(&self, reqs: Vec<SendRequest>, owner: Option<Owner>) -> Vec<Admitted> {
         let now = now_ms();
-        let mut results: Vec<Result<Arc<str>, ProtoError>> = Vec::with_capacity(reqs.len());
+        let mut results: Vec<Admitted> = Vec::with_capacity(reqs.len());
         let mut jobs: Vec<Pending> = Vec::with_capacity(reqs.len());
         for req in reqs {
-            match self.make_job(req, now) {
+            match self.make_job(req, owner, now) {
                 Ok(job) => {
                     let bytes = job_bytes(&job);
-                    results.push(Ok(job.id.clone()));
+                    results.push(Ok(Accepted {
+                        id: job.id.clone(),
+                        duplicate: false,
+                    }));
                     jobs.push((results.len() - 1, Arc::new(job), bytes));
                 }
                 Err(e) => results.push(Err(e)),
@@ -154,7 +178,10 @@ impl Engine {
             }
         }
         for (i, first) in same_as {
-            results[i] = results[first].clone();
+            results[i] = results[first].clone().map(|a| Accepted {
+                duplicate: true,
+                ..a
+            });
         }
         self.count_results(results)
     }
@@ -164,7 +191,7 @@ impl Engine {
     async fn reserve_all(
         &self,
         jobs: Vec<Pending>,
-        results: &mut [Result<Arc<str>, ProtoError>],
+        results: &mut [Admitted],
     ) -> Vec<Pending> {
         let mut fresh = Vec::with_capacity(jobs.len());
         for (i, job, bytes) in jobs {
@@ -172,7 +199,12 @@ impl Engine {
             loop {
                 let notified = self.room.notified();
                 match self.reserve(&job, bytes) {
-                    Ok(Reserve::Known) => break,
+                    Ok(Reserve::Known) => {
+                        if let Ok(a) = &mut results[i] {
+                            a.duplicate = true;
+                        }
+                        break;
+                    }
                     Ok(Reserve::Reserved) => {
                         fresh.push((i, job, bytes));
                         break;
@@ -220,7 +252,7 @@ impl Engine {
     async fn persist(
         &self,
         fresh: &mut Vec<Pending>,
-        results: &mut [Result<Arc<str>, ProtoError>],
+        results: &mut [Admitted],
     ) -> Vec<Loc> {
         let Some(spool) = &self.spool else {
             return Vec::new();
@@ -246,7 +278,7 @@ impl Engine {
                 let mut st = self.lock();
                 for (i, job, bytes) in fresh.drain(..) {
                     st.bytes -= bytes;
-                    st.entries.remove(&job.id);
+                    st.entries.remove(&job.key);
                     results[i] = Err(ProtoError::new(e.code(), e.to_string()));
                 }
                 Vec::new()
@@ -254,10 +286,7 @@ impl Engine {
         }
     }
 
-    fn count_results(
-        &self,
-        results: Vec<Result<Arc<str>, ProtoError>>,
-    ) -> Vec<Result<Arc<str>, ProtoError>> {
+    fn count_results(&self, results: Vec<Admitted>) -> Vec<Admitted> {
         for r in &results {
             if let Err(e) = r {
                 self.count_rejected(e.code);
@@ -281,7 +310,7 @@ impl Engine {
             None => st.bytes,
         };
         let host = st.host_for(&job.uri);
-        if let Some(e) = st.entries.get(&job.id) {
+        if let Some(e) = st.entries.get(&job.key) {
             if !e.committed {
                 return Ok(Reserve::Pending);
             }
@@ -293,11 +322,12 @@ impl Engine {
         }
         st.bytes += bytes;
         st.entries.insert(
-            job.id.clone(),
+            job.key.clone(),
             Entry {
                 job: JobRef::Mem(job.clone()),
                 committed: false,
                 host,
+                owner: job.owner.map_or(NO_OWNER, |o| o.uid),
                 max_attempts: job.max_attempts,
                 expires_ms: job.expires_ms,
                 // Not queued until committed: an entry in this phase with no
@@ -325,14 +355,14 @@ fn job_bytes(job: &Job) -> u64 {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    (job.body.len() + headers + job.id.len() + 128) as u64
+    (job.body.len() + headers + job.key.len() + 128) as u64
 }
 
 impl State {
     /// Makes a reserved entry pending: queued now, or at its `delay_ms`.
     /// With a spool location, the body is dropped from memory.
     fn commit(&mut self, job: &Arc<Job>, loc: Option<Loc>) -> bool {
-        let Some(e) = self.entries.get_mut(&job.id) else {
+        let Some(e) = self.entries.get_mut(&job.key) else {
             return false;
         };
         if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
@@ -350,10 +380,10 @@ impl State {
         let host = e.host as usize;
         self.pending += 1;
         self.hosts[host].pending += 1;
-        self.arrivals.push_back((job.accepted_ms, job.id.clone()));
+        self.arrivals.push_back((job.accepted_ms, job.key.clone()));
         place(
             e,
-            &job.id,
+            &job.key,
             job.not_before_ms,
             false,
             now_ms(),

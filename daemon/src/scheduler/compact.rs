@@ -44,7 +44,7 @@ impl Engine {
         let mut n = 0;
         let mut busy = 0;
         for (job, loc) in jobs {
-            let Some(e) = st.entries.get_mut(&job.id) else {
+            let Some(e) = st.entries.get_mut(&job.key) else {
                 continue;
             };
             // Only the job's latest record matters; older copies are dead weight.

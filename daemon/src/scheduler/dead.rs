@@ -1,7 +1,8 @@
 //! Dead letters and the views of requests: `status` of one id, the `dead`
 //! list, and the admin ops `replay` and `purge`.
 
-use super::entry::{Entry, JobRef, Phase};
+use super::entry::{Entry, JobRef, Phase, NO_OWNER};
+use crate::job::{client_id, owner_key, Owner};
 use super::{Engine, State};
 use crate::clock::now_ms;
 use crate::spool::Outcome;
@@ -11,8 +12,10 @@ use tracing::{info, warn};
 
 /// One request as `status` and `dead` show it.
 pub struct EntryView {
-    /// The id.
+    /// The id, as its sender gave it (or ffd made it).
     pub id: String,
+    /// The sender's uid (`None`: accepted before requests had owners).
+    pub owner: Option<u32>,
     /// Where it stands.
     pub phase: Phase,
     /// Attempts made.
@@ -41,9 +44,11 @@ pub struct EntryView {
     pub response: Option<String>,
 }
 
-fn view(id: &str, e: &Entry, st: &State) -> EntryView {
+fn view(key: &str, e: &Entry, st: &State) -> EntryView {
+    let owned = e.owner != NO_OWNER;
     EntryView {
-        id: id.to_string(),
+        id: client_id(key, owned).to_string(),
+        owner: owned.then_some(e.owner),
         phase: e.phase,
         attempts: e.attempts,
         max_attempts: e.max_attempts,
@@ -60,13 +65,38 @@ fn view(id: &str, e: &Entry, st: &State) -> EntryView {
     }
 }
 
+/// Who is looking: a user sees only their own requests; root and ffd's own
+/// user see everyone's.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewer {
+    /// The peer's uid (`None`: unknown, sees only requests without owner).
+    pub uid: Option<u32>,
+    /// Root or ffd's own user.
+    pub admin: bool,
+}
+
+impl Viewer {
+    fn sees(&self, e: &Entry) -> bool {
+        self.admin || (e.owner != NO_OWNER && Some(e.owner) == self.uid)
+    }
+}
+
 impl Engine {
-    /// One request (`status` op); `None` when the id is unknown.
-    pub fn status(&self, id: &str) -> Option<EntryView> {
+    /// One request (`status` op); `None` when the id is unknown, or not
+    /// the viewer's to see (the same answer: another user's ids do not
+    /// exist for them). The viewer's own id first; an admin also finds a
+    /// request by its key (`uid:id`) or a request without owner by its id.
+    pub fn status(&self, id: &str, viewer: Viewer) -> Option<EntryView> {
         let (r, mut v) = {
             let st = self.lock();
-            let e = st.entries.get(id)?;
-            (e.job.clone(), view(id, e, &st))
+            let own = viewer.uid.map(|u| owner_key(Some(Owner { uid: u, gid: 0 }), id));
+            let found = own
+                .as_deref()
+                .and_then(|k| st.entries.get_key_value(k))
+                .or_else(|| viewer.admin.then(|| st.entries.get_key_value(id)).flatten())
+                .filter(|(_, e)| viewer.sees(e));
+            let (key, e) = found?;
+            (e.job.clone(), view(key, e, &st))
         };
         self.add_request(&r, &mut v);
         Some(v)
@@ -80,21 +110,22 @@ impl Engine {
         }
     }
 
-    /// Dead letters, oldest first, at most `limit` (`dead` op).
-    pub fn dead(&self, limit: Option<usize>) -> Vec<EntryView> {
+    /// The viewer's dead letters, oldest first, at most `limit` (the most
+    /// recent ones) (`dead` op).
+    pub fn dead(&self, limit: Option<usize>, viewer: Viewer) -> Vec<EntryView> {
         let list: Vec<(JobRef, EntryView)> = {
             let st = self.lock();
-            let n = st.dead.len();
-            let skip = limit.map(|l| n.saturating_sub(l)).unwrap_or(0);
-            st.dead
+            let mut list: Vec<(JobRef, EntryView)> = st
+                .dead
                 .values()
-                .skip(skip)
-                .filter_map(|id| {
-                    st.entries
-                        .get(id)
-                        .map(|e| (e.job.clone(), view(id, e, &st)))
-                })
-                .collect()
+                .rev()
+                .filter_map(|id| st.entries.get(id).map(|e| (id, e)))
+                .filter(|(_, e)| viewer.sees(e))
+                .take(limit.unwrap_or(usize::MAX))
+                .map(|(id, e)| (e.job.clone(), view(id, e, &st)))
+                .collect();
+            list.reverse();
+            list
         };
         list.into_iter()
             .map(|(r, mut v)| {
@@ -105,12 +136,12 @@ impl Engine {
     }
 
     /// `replay` op: dead letters go back to the queue with fresh attempts and ttl.
-    pub fn replay(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+    pub fn replay(&self, id: Option<&str>, viewer: Viewer) -> Result<usize, ProtoError> {
         // Read the requests back outside the state lock: replaying many
         // dead letters must not stall every ACK meanwhile.
         let picked: Vec<(Arc<str>, JobRef)> = {
             let st = self.lock();
-            st.select_dead(id)?
+            st.select_dead(id, viewer)?
                 .into_iter()
                 .filter_map(|id| st.entries.get(&id).map(|e| (id.clone(), e.job.clone())))
                 .collect()
@@ -165,9 +196,9 @@ impl Engine {
     }
 
     /// `purge` op: dead letters are forgotten.
-    pub fn purge(&self, id: Option<&str>) -> Result<usize, ProtoError> {
+    pub fn purge(&self, id: Option<&str>, viewer: Viewer) -> Result<usize, ProtoError> {
         let mut st = self.lock();
-        let ids = st.select_dead(id)?;
+        let ids = st.select_dead(id, viewer)?;
         for id in &ids {
             if let Some(e) = st.entries.remove(id) {
                 st.dead.remove(&e.dead_seq);
@@ -185,10 +216,24 @@ impl Engine {
 }
 
 impl State {
-    fn select_dead(&self, id: Option<&str>) -> Result<Vec<Arc<str>>, ProtoError> {
+    /// The dead letters `id` names (all the viewer sees when `None`): the
+    /// viewer's own id first, then the key as given (`uid:id`, or the id
+    /// of a request without owner).
+    fn select_dead(&self, id: Option<&str>, viewer: Viewer) -> Result<Vec<Arc<str>>, ProtoError> {
         match id {
-            None => Ok(self.dead.values().cloned().collect()),
-            Some(id) => match self.entries.get_key_value(id) {
+            None => Ok(self
+                .dead
+                .values()
+                .filter(|k| self.entries.get(k).is_some_and(|e| viewer.sees(e)))
+                .cloned()
+                .collect()),
+            Some(id) => match viewer
+                .uid
+                .map(|u| owner_key(Some(Owner { uid: u, gid: 0 }), id))
+                .and_then(|k| self.entries.get_key_value(&k))
+                .or_else(|| self.entries.get_key_value(id))
+                .filter(|(_, e)| viewer.sees(e))
+            {
                 Some((k, e)) if matches!(e.phase, Phase::Dead | Phase::Expired) => {
                     Ok(vec![k.clone()])
                 }

@@ -64,7 +64,7 @@ impl Engine {
         let mut next = Some(start);
         while let Some((id, job, host)) = next.take() {
             next = match self.load(&job) {
-                Ok(job) if *job.id == *id => {
+                Ok(job) if *job.key == *id => {
                     let attempt = self.deliverer.attempt(&job).await;
                     self.finish(&id, host, &job, attempt)
                 }

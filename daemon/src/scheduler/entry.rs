@@ -68,12 +68,17 @@ impl JobRef {
     }
 }
 
+/// `Entry::owner` of a request without an owner.
+pub(crate) const NO_OWNER: u32 = u32::MAX;
+
 pub(crate) struct Entry {
     pub(crate) job: JobRef,
     /// False between reserve and the end of its spool write: a duplicate
     /// id must not be acknowledged before the original is safely stored.
     pub(crate) committed: bool,
     pub(crate) host: u32,
+    /// The sender's uid, [`NO_OWNER`] for a request from before owners.
+    pub(crate) owner: u32,
     pub(crate) max_attempts: u32,
     pub(crate) expires_ms: u64,
     pub(crate) phase: Phase,

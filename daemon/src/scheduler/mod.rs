@@ -25,9 +25,10 @@ mod outcome;
 mod restore;
 
 pub use breaker::{Breaker, BreakerConfig, Trip};
-pub use dead::EntryView;
+pub use dead::{EntryView, Viewer};
 pub use entry::Phase;
 pub use lanes::Lanes;
+pub use admit::{Accepted, Admitted};
 pub use restore::RestoreResult;
 
 use crate::clock::now_ms;

@@ -1,7 +1,7 @@
 //! Restore: jobs read back from the spool at start are put back in their
 //! recorded state, beside new sends (ffd accepts lines while it replays).
 
-use super::entry::{Entry, JobRef, Phase};
+use super::entry::{Entry, JobRef, Phase, NO_OWNER};
 use super::Engine;
 use crate::shutdown::Shutdown;
 use crate::spool::{Kind, Restored, Spool};
@@ -90,6 +90,7 @@ impl Engine {
         }
         let Restored {
             id,
+            owner,
             host,
             max_attempts,
             accepted_ms,
@@ -112,6 +113,7 @@ impl Engine {
                 job: JobRef::Disk(loc),
                 committed: true,
                 host,
+                owner: owner.map_or(NO_OWNER, |o| o.uid),
                 max_attempts,
                 expires_ms,
                 phase: dead.unwrap_or(Phase::Waiting),
@@ -162,6 +164,7 @@ impl Engine {
                 job: JobRef::Gone,
                 committed: true,
                 host,
+                owner: r.owner.map_or(NO_OWNER, |o| o.uid),
                 max_attempts: r.max_attempts,
                 expires_ms: r.expires_ms,
                 phase: Phase::Delivered,

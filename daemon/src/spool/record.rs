@@ -6,18 +6,23 @@
 //! the CRC over the payload. A payload is a `JOB` (the whole request plus its
 //! state at the time of writing) or an `OUTCOME` (id, new state).
 
-use crate::job::Job;
+use crate::job::{owner_key, Job, Owner};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use std::io::Write;
 use std::sync::Arc;
 
 pub(crate) const MAGIC: &[u8; 8] = b"FFDSPOOL";
-/// Format version written in every segment header.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written in every segment header. 2 added owned JOB
+/// records; segments of format 1 are still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version still read.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: u64 = 16;
 pub(crate) const REC_JOB: u8 = 1;
 pub(crate) const REC_OUTCOME: u8 = 2;
+/// A JOB record with its owner (uid, gid) after the state: format 2.
+pub(crate) const REC_JOB_OWNED: u8 = 3;
 /// No record is larger: a length field above it is damage, not data.
 pub(crate) const MAX_RECORD: u32 = 64 << 20;
 
@@ -218,7 +223,7 @@ fn put_outcome(b: &mut Vec<u8>, o: &Outcome) {
 
 pub(crate) fn encode_job(buf: &mut Vec<u8>, job: &Job, o: &Outcome) {
     frame(buf, |b| {
-        b.push(REC_JOB);
+        b.push(if job.owner.is_some() { REC_JOB_OWNED } else { REC_JOB });
         put_bytes(b, job.id.as_bytes());
         put_bytes(b, job.method.as_str().as_bytes());
         put_display(b, &job.uri);
@@ -234,6 +239,10 @@ pub(crate) fn encode_job(buf: &mut Vec<u8>, job: &Job, o: &Outcome) {
         put_u64(b, job.not_before_ms);
         put_u64(b, job.expires_ms);
         put_outcome(b, o);
+        if let Some(owner) = job.owner {
+            put_u32(b, owner.uid);
+            put_u32(b, owner.gid);
+        }
     });
 }
 
@@ -285,6 +294,13 @@ impl<'a> Cur<'a> {
             _ => None,
         }
     }
+    fn owner(&mut self) -> Option<Owner> {
+        Some(Owner {
+            uid: self.u32()?,
+            gid: self.u32()?,
+        })
+    }
+
     fn outcome(&mut self) -> Option<Outcome> {
         let kind = Kind::from_u8(self.u8()?)?;
         let attempts = self.u32()?;
@@ -305,9 +321,11 @@ impl<'a> Cur<'a> {
 /// Decodes a JOB record into the full request (`None` for anything else).
 pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
     let mut c = Cur(payload);
-    if c.u8()? != REC_JOB {
-        return None;
-    }
+    let owned = match c.u8()? {
+        REC_JOB => false,
+        REC_JOB_OWNED => true,
+        _ => return None,
+    };
     let id: Arc<str> = c.str()?.into();
     let method = Method::from_bytes(c.bytes()?).ok()?;
     let uri: Uri = c.str()?.parse().ok()?;
@@ -319,8 +337,10 @@ pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
         headers.push((k, v));
     }
     let body = Bytes::copy_from_slice(c.bytes()?);
-    let job = Job {
+    let mut job = Job {
+        key: id.clone(),
         id,
+        owner: None,
         method,
         uri,
         headers,
@@ -332,6 +352,10 @@ pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
         expires_ms: c.u64()?,
     };
     c.outcome()?;
+    if owned {
+        job.owner = Some(c.owner()?);
+        job.key = owner_key(job.owner, &job.id);
+    }
     c.0.is_empty().then(|| Arc::new(job))
 }
 
@@ -339,6 +363,7 @@ pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
 pub(crate) enum Meta<'a> {
     Job {
         id: &'a str,
+        owner: Option<Owner>,
         uri: &'a str,
         max_attempts: u32,
         accepted_ms: u64,
@@ -357,7 +382,7 @@ pub(crate) enum Meta<'a> {
 pub(crate) fn decode_meta(payload: &[u8]) -> Option<Meta<'_>> {
     let mut c = Cur(payload);
     match c.u8()? {
-        REC_JOB => {
+        rec @ (REC_JOB | REC_JOB_OWNED) => {
             let id = c.str()?;
             let method = c.bytes()?;
             Method::from_bytes(method).ok()?;
@@ -374,8 +399,13 @@ pub(crate) fn decode_meta(payload: &[u8]) -> Option<Meta<'_>> {
             let not_before_ms = c.u64()?;
             let expires_ms = c.u64()?;
             let state = c.outcome()?;
+            let owner = match rec {
+                REC_JOB_OWNED => Some(c.owner()?),
+                _ => None,
+            };
             c.0.is_empty().then_some(Meta::Job {
                 id,
+                owner,
                 uri,
                 max_attempts,
                 accepted_ms,
@@ -411,6 +441,8 @@ pub(crate) fn record_at(data: &[u8], pos: usize) -> Option<(&[u8], usize)> {
 pub(crate) fn test_job(id: &str) -> Arc<Job> {
     Arc::new(Job {
         id: id.into(),
+        owner: None,
+        key: id.into(),
         method: Method::POST,
         uri: "http://127.0.0.1:1/x?q=1".parse().unwrap(),
         headers: vec![(
@@ -457,5 +489,26 @@ mod tests {
         assert!(
             matches!(decode_meta(p), Some(Meta::Outcome { id: "a", state }) if state.status == Some(404))
         );
+    }
+
+    #[test]
+    fn an_owned_job_keeps_its_owner_and_is_keyed_by_it() {
+        let mut j = (*test_job("order-1")).clone();
+        j.owner = Some(Owner {
+            uid: 1000,
+            gid: 100,
+        });
+        j.key = owner_key(j.owner, &j.id);
+        let mut buf = Vec::new();
+        encode_job(&mut buf, &j, &Outcome::new_job(&j));
+        let (p, _) = record_at(&buf, 0).unwrap();
+        let d = decode_job(p).expect("owned job record");
+        assert_eq!(&*d.id, "order-1");
+        assert_eq!(&*d.key, "1000:order-1");
+        assert_eq!(d.owner, j.owner);
+        assert!(matches!(
+            decode_meta(p),
+            Some(Meta::Job { id: "order-1", owner: Some(Owner { uid: 1000, gid: 100 }), .. })
+        ));
     }
 }

@@ -5,8 +5,9 @@
 use super::fs::{list_segments, seg_path, Fs, RealFs};
 use super::record::{
     decode_job, decode_meta, record_at, Kind, Loc, Meta, Outcome, FORMAT_VERSION, HEADER_LEN, MAGIC,
+    OLDEST_FORMAT_VERSION,
 };
-use crate::job::Job;
+use crate::job::{owner_key, Job, Owner};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,8 +20,10 @@ pub const DELIVERED_HISTORY: usize = 100_000;
 /// stays on disk at `loc`), the host and error strings shared, so replaying
 /// a large backlog costs memory per request, not per byte of request.
 pub struct Restored {
-    /// The request id.
+    /// The request's key ([`owner_key`]: `uid:id`, or the bare id).
     pub id: Arc<str>,
+    /// Who sent it.
+    pub owner: Option<Owner>,
     /// `scheme://host:port` of the target.
     pub host: Arc<str>,
     /// Attempts before it is dead.
@@ -179,7 +182,7 @@ impl Scanner {
             return;
         }
         let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             warn!(segment = %path.display(), version, "spool segment of an unknown format version; skipped");
             self.report
                 .bad_files
@@ -245,6 +248,7 @@ impl Scanner {
         match rec {
             Meta::Job {
                 id,
+                owner,
                 uri,
                 max_attempts,
                 accepted_ms,
@@ -252,6 +256,7 @@ impl Scanner {
                 expires_ms,
                 mut state,
             } => {
+                let id = &*owner_key(owner, id);
                 if state.kind.finished() {
                     self.forget(id);
                     return;
@@ -280,6 +285,7 @@ impl Scanner {
                             r.loc = loc;
                             r.state = state;
                             r.host = host;
+                            r.owner = owner;
                         }
                     }
                     None => {
@@ -287,6 +293,7 @@ impl Scanner {
                         self.index.insert(id.clone(), self.slots.len() as u32);
                         self.slots.push(Some(Restored {
                             id,
+                            owner,
                             host,
                             max_attempts,
                             accepted_ms,
