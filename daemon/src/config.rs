@@ -57,8 +57,18 @@ pub struct Config {
     pub socket: PathBuf,
     /// Permission bits of the socket file, as an octal string.
     pub socket_mode: String,
-    /// Most connections served at once; more wait in the listen backlog.
+    /// Most connections served at once; past it a new connection gets one
+    /// `busy` line and is closed (root and ffd's own user keep a reserved
+    /// slot beyond it).
     pub max_connections: usize,
+    /// Most connections of one uid at once (0: a quarter of
+    /// `max_connections`); past it, `busy`. Not applied to root and ffd's
+    /// own user.
+    pub max_connections_per_uid: usize,
+    /// A connection that holds part of a line and sends nothing more for
+    /// this long is closed; one that is idle between lines is not.
+    #[serde(alias = "idle_line_timeout")]
+    pub idle_line_timeout_ms: u64,
     /// Peers (by uid) allowed to use the socket, beside root and ffd's own
     /// user. Empty, with `allowed_gids` empty too: the socket's mode decides.
     pub allowed_uids: Vec<u32>,
@@ -159,6 +169,8 @@ impl Default for Config {
             socket: default_socket(),
             socket_mode: "0600".into(),
             max_connections: 1024,
+            max_connections_per_uid: 0,
+            idle_line_timeout_ms: 10_000,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             max_line_bytes: ffd_proto::DEFAULT_MAX_LINE_BYTES,
@@ -271,6 +283,13 @@ impl Config {
         }
         self.socket_mode_bits()?;
         at_least("max_connections", self.max_connections as u64, 1)?;
+        if self.max_connections_per_uid > self.max_connections {
+            bail!(
+                "key `max_connections_per_uid`: must not exceed `max_connections` ({})",
+                self.max_connections
+            );
+        }
+        at_least("idle_line_timeout_ms", self.idle_line_timeout_ms, 100)?;
         at_least("max_line_bytes", self.max_line_bytes as u64, 256)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             bail!("key `log_level`: {e}");
@@ -346,12 +365,23 @@ impl Config {
                 if hn.is_err() || http::HeaderValue::from_str(v).is_err() {
                     bail!("key `{key}.headers.{h}`: not a valid header name and value");
                 }
+                if h.eq_ignore_ascii_case("host") {
+                    bail!("key `{key}.headers.{h}`: ffd sets Host from the URL; it cannot be set");
+                }
                 if ffd_proto::HOP_BY_HOP.contains(&h.to_ascii_lowercase().as_str()) {
                     bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set");
                 }
             }
         }
         Ok(())
+    }
+
+    /// The per-uid connection limit in force.
+    pub fn per_uid_limit(&self) -> usize {
+        match self.max_connections_per_uid {
+            0 => (self.max_connections / 4).max(1),
+            n => n,
+        }
     }
 
     /// The socket mode as permission bits.
@@ -390,6 +420,8 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         socket,
         socket_mode,
         max_connections,
+        max_connections_per_uid,
+        idle_line_timeout_ms,
         max_line_bytes,
         log_format,
         allowed_uids,

@@ -82,7 +82,9 @@ async fn serve(
         engine.clone(),
         ingest::listener::Limits {
             max_connections: cfg.max_connections,
+            max_connections_per_uid: cfg.per_uid_limit(),
             max_line: cfg.max_line_bytes,
+            idle_line_timeout: Duration::from_millis(cfg.idle_line_timeout_ms),
         },
         ingest::listener::Access {
             uids: cfg.allowed_uids.clone(),

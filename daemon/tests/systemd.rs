@@ -11,15 +11,10 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{bin, spawn_on, Daemon, Sink, FAST, T};
+use support::{bin, exchange_as, is_root, spawn_on, Daemon, Sink, FAST, T};
 
 fn units_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd"))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -241,43 +236,6 @@ fn sighup_reloads_limits_and_names_what_needs_a_restart() {
     d.signal("HUP");
     d.wait_log("config not reloaded", T);
     d.client().ping().unwrap();
-}
-
-/// Runs a one-line exchange as another user (setpriv), returns the answer.
-fn exchange_as(uid: u32, gid: u32, groups: &str, sock: &Path, line: &str) -> String {
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"));
-    if groups.is_empty() {
-        cmd.arg("--clear-groups");
-    } else {
-        cmd.arg(format!("--groups={groups}"));
-    }
-    // socat from /usr/bin: a tool any user can run (the test's own binaries
-    // may sit in a directory other users cannot read).
-    let mut child = cmd
-        .arg("/usr/bin/socat")
-        .arg("-")
-        .arg(format!("UNIX-CONNECT:{}", sock.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv (util-linux) and socat");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{line}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    // Not the exit status: a refused peer's socat may fail writing to a
-    // connection ffd already closed after its one `forbidden` line.
-    format!(
-        "{} {}",
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
 }
 
 #[test]

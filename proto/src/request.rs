@@ -739,7 +739,11 @@ mod tests {
         ] {
             let e = err(line);
             assert_eq!(e.code, ErrorCode::BadRequest, "{line}");
-            assert!(e.message.contains("ffd sets Host from the URL"), "{}", e.message);
+            assert!(
+                e.message.contains("ffd sets Host from the URL"),
+                "{}",
+                e.message
+            );
         }
     }
 

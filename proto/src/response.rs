@@ -142,7 +142,10 @@ mod tests {
     fn duplicate_is_an_ok_with_its_id() {
         let mut out = Vec::new();
         write_ok_duplicate(&mut out, "order-1");
-        assert_eq!(out, b"{\"ok\":true,\"id\":\"order-1\",\"duplicate\":true}\n");
+        assert_eq!(
+            out,
+            b"{\"ok\":true,\"id\":\"order-1\",\"duplicate\":true}\n"
+        );
         let r = Response::parse(&out[..out.len() - 1]).unwrap();
         assert_eq!(r.id(), Some("order-1"));
         assert!(r.duplicate());

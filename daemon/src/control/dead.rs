@@ -6,6 +6,10 @@ use serde_json::Value;
 
 /// At most `limit` of the peer's dead letters (the most recent ones).
 pub fn run(engine: &Engine, peer: Peer, limit: Option<usize>) -> Answer {
-    let list = engine.dead(limit, peer.viewer()).iter().map(entry_json).collect();
+    let list = engine
+        .dead(limit, peer.viewer())
+        .iter()
+        .map(entry_json)
+        .collect();
     Ok(("dead", Value::Array(list)))
 }

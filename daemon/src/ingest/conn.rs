@@ -11,6 +11,7 @@ use crate::scheduler::Engine;
 use crate::shutdown::Shutdown;
 use ffd_proto::{ErrorCode, Line, ProtoError, SendRequest};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tracing::debug;
@@ -32,15 +33,26 @@ struct Batch {
     sends: Vec<SendRequest>,
 }
 
+/// How long lines may be, and how long the rest of a started line may take.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest line.
+    pub max_line: usize,
+    /// A connection holding part of a line with no progress for this long
+    /// is closed (a slow-loris holds a connection slot for nothing).
+    pub idle_line_timeout: Duration,
+}
+
 /// Serves one connection until the client closes it (or an I/O error), or
 /// ffd exits: then lines already received are answered and it closes.
 pub async fn serve(
     stream: UnixStream,
     engine: Arc<Engine>,
-    max_line: usize,
+    limits: Limits,
     peer: Peer,
     mut shutdown: Shutdown,
 ) {
+    let max_line = limits.max_line;
     let (mut rd, mut wr) = stream.into_split();
     let mut chunk = vec![0u8; READ_CHUNK];
     // The unfinished line carried between reads; never longer than max_line.
@@ -48,11 +60,30 @@ pub async fn serve(
     let mut discarding = false;
     let mut out = Vec::with_capacity(4096);
     loop {
+        // Idle between lines is the normal state of a pipelining client;
+        // idle in the middle of one is not.
+        let holding = discarding || !partial.is_empty();
         let read = tokio::select! {
             r = rd.read(&mut chunk) => r,
             // Every complete line read so far has been answered; a partial
             // one is not a request yet.
             _ = shutdown.exiting() => {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            _ = tokio::time::sleep(limits.idle_line_timeout), if holding => {
+                debug!("no end of line within idle_line_timeout_ms; closing connection");
+                let e = ProtoError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "no end of line within idle_line_timeout_ms ({} ms); closing the connection",
+                        limits.idle_line_timeout.as_millis()
+                    ),
+                );
+                engine.count_rejected(e.code);
+                out.clear();
+                ffd_proto::write_error(&mut out, e.code, &e.message);
+                let _ = wr.write_all(&out).await;
                 let _ = wr.shutdown().await;
                 return;
             }
@@ -97,7 +128,10 @@ pub async fn serve(
                 partial.extend_from_slice(data);
             }
         }
-        if flush(&mut batch, &engine, peer, &mut out, &mut wr).await.is_err() {
+        if flush(&mut batch, &engine, peer, &mut out, &mut wr)
+            .await
+            .is_err()
+        {
             return;
         }
     }

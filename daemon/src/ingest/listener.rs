@@ -2,16 +2,17 @@
 //! mode, accept within the connection limit.
 
 use super::conn;
+use super::gate::Gate;
 use crate::control::Peer;
 use crate::scheduler::Engine;
 use crate::shutdown::Shutdown;
 use anyhow::{bail, Context, Result};
+use ffd_proto::ErrorCode;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// Binds the socket at `path` with permission bits `mode`.
@@ -113,14 +114,19 @@ fn peer_groups(fd: std::os::fd::RawFd) -> Vec<u32> {
 /// The listener's settings.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once (the rest wait in the backlog).
+    /// Connections served at once; past it, `busy`.
     pub max_connections: usize,
+    /// Connections of one uid at once; past it, `busy`.
+    pub max_connections_per_uid: usize,
     /// Longest line.
     pub max_line: usize,
+    /// Longest wait for the rest of a started line.
+    pub idle_line_timeout: std::time::Duration,
 }
 
 /// Accepts connections until draining begins; each is served on its own
-/// task, at most `max_connections` at once (the rest wait in the backlog).
+/// task, within the limits of a [`Gate`]: past them a connection is
+/// answered `busy` and closed.
 pub async fn run(
     listener: UnixListener,
     engine: Arc<Engine>,
@@ -128,18 +134,14 @@ pub async fn run(
     access: Access,
     mut shutdown: Shutdown,
 ) {
-    let Limits {
-        max_connections,
-        max_line,
-    } = limits;
-    let limit = Arc::new(Semaphore::new(max_connections));
+    let gate = Gate::new(limits.max_connections, limits.max_connections_per_uid);
+    let lines = conn::Limits {
+        max_line: limits.max_line,
+        idle_line_timeout: limits.idle_line_timeout,
+    };
     // SAFETY: geteuid has no preconditions.
     let my_uid = unsafe { libc::geteuid() };
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.draining() => return,
-        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -176,33 +178,43 @@ pub async fn run(
                     pid = cred.and_then(|c| c.pid()),
                     "refused a peer not in allowed_uids/allowed_gids"
                 );
-                engine.count_rejected(ffd_proto::ErrorCode::Forbidden);
-                tokio::spawn(refuse(stream, permit));
+                engine.count_rejected(ErrorCode::Forbidden);
+                tokio::spawn(refuse(
+                    stream,
+                    ErrorCode::Forbidden,
+                    "this user may not use ffd (see allowed_uids / allowed_gids)".into(),
+                ));
                 continue;
             }
         }
+        let ticket = match gate.enter(uid, peer.admin) {
+            Ok(t) => t,
+            Err(why) => {
+                engine.count_rejected(ErrorCode::Busy);
+                let (max, per_uid) = gate.limits();
+                tokio::spawn(refuse(stream, ErrorCode::Busy, why.message(max, per_uid)));
+                continue;
+            }
+        };
         let shutdown = shutdown.clone();
+        let lines = lines.clone();
         tokio::spawn(async move {
             engine.connections.fetch_add(1, Ordering::Relaxed);
             debug!(?uid, "connection opened");
-            conn::serve(stream, engine.clone(), max_line, peer, shutdown).await;
+            conn::serve(stream, engine.clone(), lines, peer, shutdown).await;
             engine.connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            drop(ticket);
         });
     }
 }
 
-/// Answers a refused peer `forbidden` and closes, after swallowing what it
-/// already sent (bounded in bytes and time): closing on unread data would
-/// make its write fail before it reads the answer.
-async fn refuse(mut stream: tokio::net::UnixStream, permit: tokio::sync::OwnedSemaphorePermit) {
+/// Answers a refused peer with one error line and closes, after swallowing
+/// what it already sent (bounded in bytes and time): closing on unread data
+/// would make its write fail before it reads the answer.
+async fn refuse(mut stream: tokio::net::UnixStream, code: ErrorCode, message: String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut line = Vec::new();
-    ffd_proto::write_error(
-        &mut line,
-        ffd_proto::ErrorCode::Forbidden,
-        "this user may not use ffd (see allowed_uids / allowed_gids)",
-    );
+    ffd_proto::write_error(&mut line, code, &message);
     let _ = stream.write_all(&line).await;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
@@ -216,5 +228,4 @@ async fn refuse(mut stream: tokio::net::UnixStream, permit: tokio::sync::OwnedSe
         }
     })
     .await;
-    drop(permit);
 }

@@ -4,4 +4,5 @@
 //! nothing reaches back into it.
 
 pub mod conn;
+pub mod gate;
 pub mod listener;

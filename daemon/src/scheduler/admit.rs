@@ -188,11 +188,7 @@ impl Engine {
 
     /// Reserves room for each job, skipping ids already known (the
     /// idempotency key); returns the jobs to write.
-    async fn reserve_all(
-        &self,
-        jobs: Vec<Pending>,
-        results: &mut [Admitted],
-    ) -> Vec<Pending> {
+    async fn reserve_all(&self, jobs: Vec<Pending>, results: &mut [Admitted]) -> Vec<Pending> {
         let mut fresh = Vec::with_capacity(jobs.len());
         for (i, job, bytes) in jobs {
             let mut waited = 0u32;
@@ -249,11 +245,7 @@ impl Engine {
 
     /// Writes the reserved jobs to the spool (one append); on failure they
     /// are taken back out and refused. Returns where each record lives.
-    async fn persist(
-        &self,
-        fresh: &mut Vec<Pending>,
-        results: &mut [Admitted],
-    ) -> Vec<Loc> {
+    async fn persist(&self, fresh: &mut Vec<Pending>, results: &mut [Admitted]) -> Vec<Loc> {
         let Some(spool) = &self.spool else {
             return Vec::new();
         };

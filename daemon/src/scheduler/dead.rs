@@ -2,9 +2,9 @@
 //! list, and the admin ops `replay` and `purge`.
 
 use super::entry::{Entry, JobRef, Phase, NO_OWNER};
-use crate::job::{client_id, owner_key, Owner};
 use super::{Engine, State};
 use crate::clock::now_ms;
+use crate::job::{client_id, owner_key, Owner};
 use crate::spool::Outcome;
 use ffd_proto::{ErrorCode, ProtoError};
 use std::sync::Arc;
@@ -89,7 +89,9 @@ impl Engine {
     pub fn status(&self, id: &str, viewer: Viewer) -> Option<EntryView> {
         let (r, mut v) = {
             let st = self.lock();
-            let own = viewer.uid.map(|u| owner_key(Some(Owner { uid: u, gid: 0 }), id));
+            let own = viewer
+                .uid
+                .map(|u| owner_key(Some(Owner { uid: u, gid: 0 }), id));
             let found = own
                 .as_deref()
                 .and_then(|k| st.entries.get_key_value(k))

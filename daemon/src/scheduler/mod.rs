@@ -24,11 +24,11 @@ mod lanes;
 mod outcome;
 mod restore;
 
+pub use admit::{Accepted, Admitted};
 pub use breaker::{Breaker, BreakerConfig, Trip};
 pub use dead::{EntryView, Viewer};
 pub use entry::Phase;
 pub use lanes::Lanes;
-pub use admit::{Accepted, Admitted};
 pub use restore::RestoreResult;
 
 use crate::clock::now_ms;

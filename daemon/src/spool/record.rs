@@ -223,7 +223,11 @@ fn put_outcome(b: &mut Vec<u8>, o: &Outcome) {
 
 pub(crate) fn encode_job(buf: &mut Vec<u8>, job: &Job, o: &Outcome) {
     frame(buf, |b| {
-        b.push(if job.owner.is_some() { REC_JOB_OWNED } else { REC_JOB });
+        b.push(if job.owner.is_some() {
+            REC_JOB_OWNED
+        } else {
+            REC_JOB
+        });
         put_bytes(b, job.id.as_bytes());
         put_bytes(b, job.method.as_str().as_bytes());
         put_display(b, &job.uri);
@@ -508,7 +512,14 @@ mod tests {
         assert_eq!(d.owner, j.owner);
         assert!(matches!(
             decode_meta(p),
-            Some(Meta::Job { id: "order-1", owner: Some(Owner { uid: 1000, gid: 100 }), .. })
+            Some(Meta::Job {
+                id: "order-1",
+                owner: Some(Owner {
+                    uid: 1000,
+                    gid: 100
+                }),
+                ..
+            })
         ));
     }
 }

@@ -4,8 +4,8 @@
 
 use super::fs::{list_segments, seg_path, Fs, RealFs};
 use super::record::{
-    decode_job, decode_meta, record_at, Kind, Loc, Meta, Outcome, FORMAT_VERSION, HEADER_LEN, MAGIC,
-    OLDEST_FORMAT_VERSION,
+    decode_job, decode_meta, record_at, Kind, Loc, Meta, Outcome, FORMAT_VERSION, HEADER_LEN,
+    MAGIC, OLDEST_FORMAT_VERSION,
 };
 use crate::job::{owner_key, Job, Owner};
 use std::collections::HashMap;

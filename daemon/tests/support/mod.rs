@@ -8,12 +8,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -564,4 +564,47 @@ pub fn spawn_on(listener: &UnixListener, dir: &Path) -> std::process::Child {
         });
     }
     cmd.spawn().unwrap()
+}
+
+/// Runs a one-line exchange as another user (setpriv), returns the answer.
+pub fn exchange_as(uid: u32, gid: u32, groups: &str, sock: &Path, line: &str) -> String {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        cmd.arg(format!("--groups={groups}"));
+    }
+    // socat from /usr/bin: a tool any user can run (the test's own binaries
+    // may sit in a directory other users cannot read).
+    let mut child = cmd
+        .arg("/usr/bin/socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) and socat");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Not the exit status: a refused peer's socat may fail writing to a
+    // connection ffd already closed after its one `forbidden` line.
+    format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+/// True when the tests run as root (needed to run clients as other users).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
