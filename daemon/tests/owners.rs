@@ -193,3 +193,37 @@ fn a_connection_stuck_in_the_middle_of_a_line_is_closed_an_idle_one_is_not() {
     BufReader::new(&idle).read_line(&mut pong).unwrap();
     assert!(pong.contains(r#""ok":true"#), "{pong}");
 }
+
+/// Why the shipped unit does not set `PrivateUsers=yes`: in such a user
+/// namespace every peer but root shows as 65534, and `allowed_uids` refuses
+/// the very users it lists. Run as the unit runs ffd (the host's users), a
+/// listed uid is served.
+#[test]
+fn allowed_uids_work_as_the_unit_runs_ffd_and_not_under_private_users() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/ffd.service"),
+    )
+    .unwrap();
+    assert!(
+        !unit.lines().any(|l| l.trim() == "PrivateUsers=yes"),
+        "ffd.service must keep peer uids"
+    );
+    let cfg = format!("socket_mode = \"0660\"\nallowed_uids = [{ALICE}]\n{FAST}");
+    let ping = r#"{"op":"ping"}"#;
+    // As the unit runs it: in the host's user namespace.
+    let d = Daemon::start(&cfg);
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert!(as_user(ALICE, &d, ping).contains(r#""ok":true"#));
+    assert!(as_user(BOB, &d, ping).contains(r#""error":"forbidden""#));
+    drop(d);
+    // What PrivateUsers=yes does: only ffd's own user is mapped.
+    let d = Daemon::start_under(&["unshare", "--user", "--map-root-user"], &cfg);
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let refused = as_user(ALICE, &d, ping);
+    assert!(refused.contains(r#""error":"forbidden""#), "{refused}");
+    assert!(d.logs().contains("uid=65534"), "{}", d.logs());
+}

@@ -67,7 +67,7 @@ fn unit_files_pass_systemd_analyze_verify() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in: {text}"));
-    assert!(score <= 2.0, "exposure {score}");
+    assert!(score <= 1.5, "exposure {score}");
     // sysusers: the entry creates user and group ffd in a scratch root.
     let root = tmp.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();

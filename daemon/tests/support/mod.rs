@@ -347,6 +347,8 @@ pub struct Daemon {
     config: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command ffd runs under (e.g. `unshare --user`), empty for none.
+    wrapper: Vec<String>,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -383,6 +385,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: Vec::new(),
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
             _tmp: Some(tmp),
@@ -392,7 +395,15 @@ impl Daemon {
     fn spawn(&mut self) {
         let cfg = self.dir.join("ffd.toml");
         std::fs::write(&cfg, &self.config).unwrap();
-        let mut child = Command::new(bin("ffd"))
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("ffd"));
+                c
+            }
+            None => Command::new(bin("ffd")),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&cfg)
             .arg("--socket")
@@ -424,6 +435,15 @@ impl Daemon {
         if rx.recv_timeout(Duration::from_secs(20)).is_err() {
             panic!("ffd did not become ready:\n{}", self.logs());
         }
+    }
+
+    /// Starts ffd under `wrapper` (a command and its arguments, ffd's path
+    /// and flags follow), with `config`.
+    pub fn start_under(wrapper: &[&str], config: &str) -> Daemon {
+        let mut d = Daemon::prepare(config, &[], &[]);
+        d.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        d.spawn();
+        d
     }
 
     /// Everything ffd wrote to stderr so far.
