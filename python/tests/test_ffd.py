@@ -290,6 +290,10 @@ class AioTest(WithDaemon):
         async def main() -> tuple:
             await ffd.aio.send(self.sink.url("/warm"))  # the connection is open
             os.kill(pid, signal.SIGSTOP)
+            # kill() returns before every thread has stopped: wait until they have.
+            wait_until("ffd stopped", lambda: all(
+                open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+                for t in os.listdir(f"/proc/{pid}/task")))
             try:
                 task = asyncio.create_task(ffd.aio.send(self.sink.url("/slow"), id="slow-1"))
                 ticks = 0
@@ -298,13 +302,15 @@ class AioTest(WithDaemon):
                     await asyncio.sleep(0.005)
                     ticks += 1
                 pending = not task.done()
+                if not pending and task.exception() is not None:
+                    raise task.exception()
             finally:
                 os.kill(pid, signal.SIGCONT)
             return ticks, pending, await asyncio.wait_for(task, 20)
 
         ticks, pending, id = asyncio.run(main())
         self.assertEqual(ticks, 20)
-        self.assertTrue(pending)
+        self.assertTrue(pending, id)
         self.assertEqual(id, "slow-1")
 
     def test_aio_rejection_and_reconnect_after_restart(self) -> None:
