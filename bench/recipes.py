@@ -163,7 +163,97 @@ def ffd_readme_snippet():
     report("ffd, Python stdlib snippet (connection per request)", blocked, time.perf_counter() - t0)
 
 
-for recipe in (thread_per_request, requests_shared_pool, requests_pool_per_call, aiohttp_tasks, bash_curl, ffd_readme_snippet):
+def _ffd_module():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import ffd
+
+    return ffd
+
+
+def _wait_delivered(ffd, before):
+    c = ffd.Client()
+    deadline = time.monotonic() + 120
+    while c.stats()["delivered"] < before + N and time.monotonic() < deadline:
+        time.sleep(0.001)
+    c.close()
+
+
+def _delivered(ffd):
+    with ffd.Client() as c:
+        return c.stats()["delivered"]
+
+
+def ffd_module_send():
+    """The Python module: ffd.send waits for the ACK (one round trip)."""
+    ffd = _ffd_module()
+    url = BASE + "/py-ffd-module"
+    before = _delivered(ffd)
+    body = BODY.decode()
+    blocked = []
+    t0 = time.perf_counter()
+    for _ in range(N):
+        s = time.perf_counter()
+        ffd.send(url, headers={"x-bench": "1"}, body=body)
+        blocked.append(time.perf_counter() - s)
+    _wait_delivered(ffd, before)
+    report("ffd, Python module, ffd.send (waits for ACK)", blocked, time.perf_counter() - t0)
+
+
+def ffd_module_pipeline():
+    """The Python module, pipelined: each send only writes (answers at exit)."""
+    ffd = _ffd_module()
+    url = BASE + "/py-ffd-pipeline"
+    before = _delivered(ffd)
+    body = BODY.decode()
+    blocked = []
+    t0 = time.perf_counter()
+    with ffd.Client() as c, c.pipeline() as p:
+        for _ in range(N):
+            s = time.perf_counter()
+            p.send(url, headers={"x-bench": "1"}, body=body)
+            blocked.append(time.perf_counter() - s)
+    _wait_delivered(ffd, before)
+    report("ffd, Python module, Client.pipeline()", blocked, time.perf_counter() - t0)
+
+
+def ffd_module_aio():
+    """The Python module for asyncio: await ffd.aio.send (loop free meanwhile),
+    and the same in create_task, beside aiohttp's create_task."""
+    ffd = _ffd_module()
+    url = BASE + "/py-ffd-aio"
+    body = BODY.decode()
+
+    async def awaited():
+        blocked = []
+        for _ in range(N):
+            s = time.perf_counter()
+            await ffd.aio.send(url, headers={"x-bench": "1"}, body=body)
+            blocked.append(time.perf_counter() - s)
+        return blocked
+
+    async def tasks():
+        await ffd.aio.send(url, headers={"x-bench": "1"}, body=body)  # connect first
+        blocked, pending = [], []
+        for _ in range(N):
+            s = time.perf_counter()
+            pending.append(asyncio.create_task(ffd.aio.send(url, headers={"x-bench": "1"}, body=body)))
+            blocked.append(time.perf_counter() - s)
+        await asyncio.gather(*pending)
+        return blocked
+
+    for name, main, extra in (
+        ("ffd, Python module, await ffd.aio.send (waits for ACK, loop runs)", awaited, 0),
+        ("ffd, Python module, create_task(ffd.aio.send(...))", tasks, 1),
+    ):
+        before = _delivered(ffd)
+        t0 = time.perf_counter()
+        blocked = asyncio.run(main())
+        _wait_delivered(ffd, before + extra)
+        report(name, blocked, time.perf_counter() - t0)
+
+
+for recipe in (thread_per_request, requests_shared_pool, requests_pool_per_call, aiohttp_tasks, bash_curl, ffd_readme_snippet,
+               ffd_module_send, ffd_module_pipeline, ffd_module_aio):
     try:
         recipe()
     except Exception as e:  # a missing peer must not hide the others

@@ -94,28 +94,48 @@ impl From<io::Error> for Error {
 /// group `ffd`), else `$XDG_RUNTIME_DIR/ffd.sock` or a per-user directory in
 /// the temp dir: the daemon's rule, so both find each other without flags.
 pub fn default_socket() -> PathBuf {
+    default_socket_choice().0
+}
+
+/// [`default_socket`] and how it was chosen, in words for an error message
+/// (e.g. "from $FFD_SOCKET").
+pub fn default_socket_choice() -> (PathBuf, &'static str) {
     if let Some(p) = std::env::var_os("FFD_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
+        return (PathBuf::from(p), "from $FFD_SOCKET");
     }
     // /proc/self is owned by the effective uid: no libc needed to ask.
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     let system = PathBuf::from("/run/ffd/ffd.sock");
     if uid == Some(0) {
-        return system;
+        return (
+            system,
+            "the system socket, as root ($FFD_SOCKET is not set)",
+        );
     }
     let user = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|p| !p.is_empty())
         .map(|dir| Path::new(&dir).join("ffd.sock"));
     match &user {
-        Some(p) if p.exists() => return p.clone(),
-        _ if system.exists() => return system,
-        Some(p) => return p.clone(),
+        Some(p) if p.exists() => return (p.clone(), "your user's socket in $XDG_RUNTIME_DIR"),
+        _ if system.exists() => {
+            return (
+                system,
+                "the system socket: there is no ffd.sock in $XDG_RUNTIME_DIR",
+            )
+        }
+        Some(p) => {
+            return (
+                p.clone(),
+                "your user's socket in $XDG_RUNTIME_DIR (no system socket either)",
+            )
+        }
         None => {}
     }
-    std::env::temp_dir()
+    let tmp = std::env::temp_dir()
         .join(format!("ffd-{}", uid.unwrap_or(0)))
-        .join("ffd.sock")
+        .join("ffd.sock");
+    (tmp, "the temp dir: $XDG_RUNTIME_DIR is not set")
 }
 
 /// One request to relay, built like a curl command line.

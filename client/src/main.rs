@@ -15,21 +15,25 @@ commands:
       -H, --header 'Name: value'
       -d, --data DATA           body (@FILE reads a file); sets form content-type
           --data-binary DATA    body sent as is (@FILE reads a file, @- stdin)
-          --json DATA           JSON body (@FILE reads a file); sets content-type
+          --json DATA           JSON body (@FILE reads a file); sets content-type and
+                                accept: application/json (as curl does; -H overrides)
           --id ID               idempotency key (default: ffd makes one)
           --timeout MS          per-attempt timeout
           --max-attempts N
           --ttl MS              give up this long after acceptance
           --delay MS            do not deliver before this long
+      URL is absolute: http://HOST[:PORT]/PATH or https://...
   send -                        NDJSON requests from stdin, pipelined; prints ids
   ping                          check that ffd answers
   stats                         counters, queue depth, hosts
-  status ID                     state of one request
+  status ID                     state of one request (a summary line on stderr)
   dead [--limit N]              dead letters
   replay ID|--all               send dead letters again
   purge ID|--all                forget dead letters
 
-The socket is --socket, else $FFD_SOCKET, else ffd's default path.
+The socket is --socket, else $FFD_SOCKET, else ffd's default path:
+/run/ffd/ffd.sock as root; else $XDG_RUNTIME_DIR/ffd.sock if it exists;
+else /run/ffd/ffd.sock if it exists (the system service, group ffd).
 
 exit codes: 0 ok, 2 usage error, 3 rejected by ffd, 4 ffd unreachable,
 5 other error (I/O, unexpected answer)";
@@ -40,7 +44,11 @@ const EXIT_UNREACHABLE: u8 = 4;
 const EXIT_OTHER: u8 = 5;
 
 enum Failure {
+    /// `--help` among the arguments: print the usage, exit 0.
+    Help,
     Usage(String),
+    /// ffd did not answer on the socket: the message says where and why.
+    Unreachable(String),
     Client(Error),
     Other(String),
 }
@@ -55,9 +63,18 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
         Ok(code) => code,
+        Err(Failure::Help) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         Err(Failure::Usage(m)) => {
-            eprintln!("ffclient: {m}\n\n{USAGE}");
+            // One line: the mistake, and where the whole usage is.
+            eprintln!("ffclient: {m} (usage: ffclient --help)");
             ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Unreachable(m)) => {
+            eprintln!("ffclient: {m}");
+            ExitCode::from(EXIT_UNREACHABLE)
         }
         Err(Failure::Client(e)) => {
             eprintln!("ffclient: {e}");
@@ -100,11 +117,20 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
         return Err(Failure::Usage("no command given".into()));
     }
     let cmd = args.remove(0);
-    let connect = || -> Result<Client, Error> {
-        match &socket {
-            Some(p) => Client::connect(p),
-            None => Client::connect_default(),
-        }
+    if args.iter().any(|a| a == "--help" || a == "-h") && cmd != "send" {
+        return Err(Failure::Help);
+    }
+    let connect = || -> Result<Client, Failure> {
+        let (path, how) = match &socket {
+            Some(p) => (std::path::PathBuf::from(p), "given with --socket"),
+            None => ffclient::default_socket_choice(),
+        };
+        Client::connect(&path).map_err(|e| match e {
+            Error::Unreachable { path, source } => {
+                Failure::Unreachable(unreachable_message(&path, how, &source))
+            }
+            e => Failure::Client(e),
+        })
     };
     let print = |v: serde_json::Value| {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -131,7 +157,9 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             let [id] = args.as_slice() else {
                 return Err(Failure::Usage("status takes one ID".into()));
             };
-            print(connect()?.status(id)?);
+            let st = connect()?.status(id)?;
+            print(st.clone());
+            eprintln!("{}", status_summary(&st));
             Ok(ExitCode::SUCCESS)
         }
         "dead" => {
@@ -157,6 +185,128 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// Why the socket did not answer, which path was tried and how it was chosen,
+/// and what to do next.
+fn unreachable_message(path: &std::path::Path, how: &str, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused | ErrorKind::NotADirectory => {
+            "ffd seems not to be running (nothing listens there): start it with `ffd`, \
+             or give its socket with --socket PATH or $FFD_SOCKET"
+        }
+        ErrorKind::PermissionDenied => {
+            "ffd may be running, but this user may not use its socket \
+             (the system socket is for group ffd: sudo usermod -aG ffd \"$USER\")"
+        }
+        _ => "ffd may not be running",
+    };
+    format!(
+        "cannot reach ffd at {} ({how}): {e}\nffclient: {hint}",
+        path.display()
+    )
+}
+
+/// One line for a person: where the request stands and why.
+fn status_summary(st: &serde_json::Value) -> String {
+    let state = st["state"].as_str().unwrap_or("?");
+    let attempts = st["attempts"].as_u64().unwrap_or(0);
+    let max = st["max_attempts"].as_u64().unwrap_or(0);
+    let last = match (st["last_status"].as_u64(), st["last_error"].as_str()) {
+        (Some(code), _) => format!("HTTP {code} {}", reason(code))
+            .trim_end()
+            .to_string(),
+        (None, Some(err)) => err.to_string(),
+        (None, None) => String::new(),
+    };
+    let tries = |n: u64| {
+        if n == 1 {
+            "1 attempt".to_string()
+        } else {
+            format!("{n} attempts")
+        }
+    };
+    match state {
+        "waiting" if attempts > 0 => {
+            let next = match (st["next_attempt_ms"].as_u64(), now_ms()) {
+                (Some(at), Some(now)) => format!(", next in {}", human_ms(at.saturating_sub(now))),
+                _ => String::new(),
+            };
+            let hint = if st["last_status"].as_u64() == Some(501) {
+                " (the server does not take this method: python3 -m http.server answers POST with 501)"
+            } else {
+                ""
+            };
+            format!("retrying: {last} (attempt {attempts} of {max}{next}){hint}")
+        }
+        "waiting" => "waiting: delayed until its delay_ms".into(),
+        "queued" => "queued: not sent yet".into(),
+        "in_flight" if attempts > 0 => {
+            format!("in flight: attempt {} of {max}, last {last}", attempts + 1)
+        }
+        "in_flight" => "in flight: first attempt".into(),
+        "delivered" => format!("delivered: {last} after {}", tries(attempts)),
+        "dead" => format!(
+            "dead: {last} after {}; ffclient replay ID sends it again",
+            tries(attempts)
+        ),
+        "expired" => format!(
+            "expired: its ttl ran out after {}; last {last}",
+            tries(attempts)
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn now_ms() -> Option<u64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=119_999 => format!("{} s", ms / 1000),
+        120_000..=7_199_999 => format!("{} min", ms / 60_000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// The reason phrase of common statuses (the client has no HTTP crate).
+fn reason(code: u64) -> &'static str {
+    match code {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        425 => "Too Early",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
     }
 }
 
@@ -205,6 +355,7 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
                 .ok_or_else(|| Failure::Usage(format!("{name} needs a value")))
         };
         match a.as_str() {
+            "-h" | "--help" => return Err(Failure::Help),
             "-X" | "--request" => method = Some(value(&a)?),
             "-H" | "--header" => {
                 let h = value(&a)?;
@@ -259,6 +410,12 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
         [] => return Err(Failure::Usage("send needs a URL".into())),
         _ => return Err(Failure::Usage("send takes [METHOD] URL".into())),
     };
+    if !url.contains("://") {
+        // curl would guess http://; a relay that queues for hours had better not guess.
+        return Err(Failure::Usage(format!(
+            "URL {url:?} has no scheme: add http:// (or https://), e.g. http://{url}"
+        )));
+    }
     if body.is_some() && json.is_some() {
         return Err(Failure::Usage(
             "give one of -d/--data-binary and --json".into(),

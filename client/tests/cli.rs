@@ -43,3 +43,57 @@ fn help_exits_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("exit codes"));
 }
+
+#[test]
+fn a_usage_error_is_one_line_that_says_where_to_look() {
+    let out = ffclient(&["send"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("send needs a URL"), "{err}");
+    assert!(err.contains("ffclient --help"), "{err}");
+}
+
+#[test]
+fn help_and_send_help_print_the_usage_and_exit_0() {
+    for args in [
+        &["help"][..],
+        &["send", "--help"],
+        &["send", "-h"],
+        &["status", "--help"],
+    ] {
+        let out = ffclient(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("send [METHOD] URL"), "{args:?}: {text}");
+        // --json adds an accept header, as curl does: the help says so.
+        assert!(text.contains("accept: application/json"), "{text}");
+    }
+}
+
+#[test]
+fn a_url_without_scheme_is_a_usage_error_that_says_add_http() {
+    let out = ffclient(&["send", "127.0.0.1:8080/hook", "-d", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("add http://"), "{err}");
+    assert!(err.contains("http://127.0.0.1:8080/hook"), "{err}");
+}
+
+#[test]
+fn unreachable_daemon_says_which_path_how_it_was_chosen_and_not_running() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ffclient"))
+        .args(["ping"])
+        .env("FFD_SOCKET", "/nonexistent/env/ffd.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/env/ffd.sock"), "{err}");
+    assert!(err.contains("from $FFD_SOCKET"), "{err}");
+    assert!(err.contains("seems not to be running"), "{err}");
+
+    let out = ffclient(&["--socket", "/nonexistent/flag.sock", "ping"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("given with --socket"), "{err}");
+}

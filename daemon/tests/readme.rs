@@ -1,0 +1,299 @@
+//! The README as a new user runs it: its receiver, its `ffclient` line, its
+//! Python (module and standard library) and bash snippets, against the real
+//! `ffd` — as root with `$FFD_SOCKET`, and as an ordinary user who has only
+//! `$XDG_RUNTIME_DIR` (the snippets must find the socket as `ffclient` does).
+
+mod support;
+
+use ffclient::Request;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{bin, Daemon, Sink, FAST};
+
+const T: Duration = Duration::from_secs(20);
+
+fn readme_block(tag: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let marker = format!("<!-- test: {tag} -->");
+    let start = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has no {marker}"));
+    let rest = &readme[start..];
+    let open = rest.find("```").unwrap();
+    let body_start = open + rest[open..].find('\n').unwrap() + 1;
+    let close = body_start + rest[body_start..].find("```").unwrap();
+    rest[body_start..close].to_string()
+}
+
+/// The snippets that send the README's request: (tag, program, flag).
+const SNIPPETS: [(&str, &str, &str); 5] = [
+    ("python", "python3", "-c"),
+    ("python-module", "python3", "-c"),
+    ("bash-socat", "bash", "-c"),
+    ("bash-nc", "bash", "-c"),
+    ("ffclient", "bash", "-c"),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0)
+}
+
+/// Checks that `n` requests arrived, all the README's request, all distinct.
+fn assert_identical(sink: &Sink, n: usize) {
+    let reqs = sink.wait_for(n, T);
+    for r in &reqs {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/hook?src=readme");
+        assert_eq!(r.header("x-event"), Some("signup"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.body, br#"{"user":42}"#);
+        assert!(r.header("ffd-id").is_some());
+    }
+    let mut ids: Vec<_> = reqs
+        .iter()
+        .map(|r| r.header("ffd-id").unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "{n} distinct requests");
+}
+
+fn check_output(tag: &str, out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{tag}: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("\"ok\":false"), "{tag}: {stdout}");
+}
+
+#[test]
+fn same_request_from_library_cli_python_and_bash_arrives_identical() {
+    let sink = Sink::start();
+    let d = Daemon::start(FAST);
+    let base = format!("http://{}", sink.addr);
+    let url = format!("{base}/hook?src=readme");
+
+    // Library.
+    let id = d
+        .client()
+        .send(
+            &Request::post(&url)
+                .header("x-event", "signup")
+                .json(r#"{"user":42}"#),
+        )
+        .unwrap();
+    assert_eq!(id.len(), 26);
+
+    // The README's own snippets, ffclient's line included (on PATH, as
+    // after the README's set-up).
+    let path = format!(
+        "{}:{}",
+        bin("ffclient").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (tag, prog, flag) in SNIPPETS {
+        let code = readme_block(tag).replace("http://127.0.0.1:8080", &base);
+        let out = Command::new(prog)
+            .args([flag, &code])
+            .env("FFD_SOCKET", &d.socket)
+            .env("PATH", &path)
+            .env("PYTHONPATH", repo().join("python"))
+            .output()
+            .unwrap();
+        check_output(tag, &out);
+    }
+    assert_identical(&sink, 1 + SNIPPETS.len());
+}
+
+/// As an ordinary user with no `$FFD_SOCKET`: ffd's socket is
+/// `$XDG_RUNTIME_DIR/ffd.sock`. Run as root, the snippets run as `nobody`
+/// through setpriv, with programs from /usr/bin and the module copied
+/// where that user can read it.
+#[test]
+fn readme_snippets_find_the_socket_as_an_ordinary_user() {
+    let sink = Sink::start();
+    let root = is_root();
+    // The test's temp dir is the user's runtime dir: the socket is DIR/ffd.sock.
+    let d = Daemon::start(FAST);
+    let base = format!("http://{}", sink.addr);
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if root {
+        // The socket is that user's own, as a user service's would be.
+        std::os::unix::fs::chown(&d.socket, Some(65534), Some(65534)).unwrap();
+    }
+    // The module and ffclient where any user can read them.
+    let lib = d.dir.join("pylib");
+    copy_dir(&repo().join("python/ffd"), &lib.join("ffd"));
+    let bindir = d.dir.join("bin");
+    std::fs::create_dir_all(&bindir).unwrap();
+    std::fs::copy(bin("ffclient"), bindir.join("ffclient")).unwrap();
+    open_to_all(&[&lib, &bindir]);
+
+    for (tag, prog, flag) in SNIPPETS {
+        let code = readme_block(tag).replace("http://127.0.0.1:8080", &base);
+        let mut cmd = if root {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &format!("/usr/bin/{prog}"),
+            ]);
+            c
+        } else {
+            Command::new(prog)
+        };
+        let out = cmd
+            .args([flag, &code])
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()))
+            .env("HOME", "/tmp")
+            .env("XDG_RUNTIME_DIR", &d.dir)
+            .env("PYTHONPATH", &lib)
+            .current_dir("/")
+            .output()
+            .expect("setpriv (util-linux), python3, socat, nc");
+        check_output(tag, &out);
+    }
+    assert_identical(&sink, SNIPPETS.len());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if e.file_type().unwrap().is_file() && !name.to_string_lossy().ends_with(".pyc") {
+            std::fs::copy(e.path(), to.join(name)).unwrap();
+        }
+    }
+}
+
+/// Makes `dirs` and everything in them readable and searchable by all.
+fn open_to_all(dirs: &[&Path]) {
+    for dir in dirs {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let meta = std::fs::metadata(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            if meta.is_dir() {
+                for e in std::fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            }
+        }
+    }
+}
+
+/// The README's first try: its receiver (a POST-accepting server on a free
+/// port), its ffclient line, and `ffclient status` saying "delivered"; and
+/// against a receiver that answers POST with 501 (python3 -m http.server),
+/// `ffclient status` says "retrying: HTTP 501 Not Implemented".
+#[test]
+fn first_try_receiver_prints_the_post_and_status_says_how_it_went() {
+    let d = Daemon::start(FAST);
+    let sock = d.socket.to_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let receiver = readme_block("receiver").replace("8080", &port.to_string());
+    let mut rx = KillOnDrop(
+        Command::new("bash")
+            .args(["-c", &receiver])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let rx_out = rx.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(rx_out).lines();
+    let deadline = Instant::now() + T;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the README's receiver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let send = readme_block("ffclient").replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
+    let out = Command::new("bash")
+        .args(["-c", &send])
+        .env("FFD_SOCKET", &sock)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin("ffclient").parent().unwrap().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    check_output("ffclient", &out);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let printed = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(printed, r#"POST /hook?src=readme {"user":42}"#);
+    // It prints before it answers: stop it only once ffd has the answer.
+    let status = wait_status(&sock, &id, "delivered");
+    drop(rx);
+    assert!(
+        status.starts_with("delivered: HTTP 204 No Content after 1 attempt"),
+        "{status}"
+    );
+
+    // A receiver that answers 501, as python3 -m http.server does to POST.
+    let sink = Sink::with(|_, _| support::Reply::status(501));
+    let out = Command::new(bin("ffclient"))
+        .args(["--socket", &sock, "send", &sink.url("/hook"), "-d", "x"])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    sink.wait_for(1, T);
+    let status = wait_status(&sock, &id, "retrying");
+    assert!(
+        status.starts_with("retrying: HTTP 501 Not Implemented (attempt "),
+        "{status}"
+    );
+}
+
+/// A child process stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ffclient status ID` until its summary line (stderr) starts with
+/// `prefix`; returns that line.
+fn wait_status(sock: &str, id: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + T;
+    loop {
+        let out = Command::new(bin("ffclient"))
+            .args(["--socket", sock, "status", id])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let summary = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if summary.starts_with(prefix) {
+            return summary;
+        }
+        assert!(Instant::now() < deadline, "status stayed {summary:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
