@@ -11,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{bin, Daemon, Sink, FAST};
-
-const T: Duration = Duration::from_secs(20);
+use support::{bin, Daemon, Sink, FAST, T};
 
 fn readme_block(tag: &str) -> String {
     let readme =

@@ -324,7 +324,7 @@ fn sigterm_lets_deliveries_in_flight_finish() {
         "in-flight deliveries finished before exit"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(d.logs().contains("stopped"), "{}", d.logs());
+    d.wait_log("stopped", T);
     // The outcome was recorded: a restart does not send them again.
     d.restart();
     let st = d.stats();
@@ -689,6 +689,8 @@ fn sigterm_closes_idle_connections_and_every_task_lets_go() {
         s.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "half a line is not answered: {rest:?}");
     }
+    // The last line ffd writes; every earlier one has been read by then.
+    d.wait_log("stopped", T);
     let logs = d.logs();
     assert!(!logs.contains("still busy"), "{logs}");
 }

@@ -385,7 +385,8 @@ fn an_unreadable_segment_is_set_aside_never_deleted() {
         35,
         "set aside intact"
     );
-    assert!(d.logs().contains("set aside"), "{}", d.logs());
+    // The log line is read from ffd's stderr by another thread: wait for it.
+    d.wait_log("set aside", T);
     assert_eq!(d.client().status("keep-me").unwrap()["state"], "waiting");
 }
 
