@@ -694,3 +694,70 @@ fn sigterm_closes_idle_connections_and_every_task_lets_go() {
     let logs = d.logs();
     assert!(!logs.contains("still busy"), "{logs}");
 }
+
+#[test]
+fn ttl_expires_on_time_behind_a_paused_host() {
+    let sink = Sink::with(|_, _| Reply::status(503));
+    let d = Daemon::start(
+        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown_ms = 6000\nbackoff_base_ms = 60000\n",
+    );
+    d.client().send(&Request::get(&sink.url("/trip"))).unwrap();
+    d.wait_stats("the host paused", T, |s| s["hosts"][0]["paused"] == true);
+    // Queued behind the pause, with a ttl far shorter than it.
+    let id = d
+        .client()
+        .send(&Request::get(&sink.url("/short")).ttl_ms(1000))
+        .unwrap();
+    d.wait_stats("expired", T, |s| s["expired"] == 1);
+    let st = d.client().status(&id).unwrap();
+    assert_eq!(st["state"], "expired", "{st}");
+    let lived = st["finished_ms"].as_u64().unwrap() - st["accepted_ms"].as_u64().unwrap();
+    // Before this fix it expired when the 6 s pause ended.
+    assert!(lived < 4000, "expired {lived} ms after acceptance: {st}");
+    assert_eq!(sink.count(), 1, "the expired request was never sent");
+}
+
+#[test]
+fn a_2xx_with_a_slow_body_is_delivered_once() {
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        // At most a few connections: a retry would be one more.
+        for stream in listener.incoming().take(5) {
+            let Ok(mut s) = stream else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                // Status and headers at once, then the body a byte at a time.
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n");
+                for b in b"slowbody" {
+                    std::thread::sleep(Duration::from_millis(400));
+                    if s.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let d = Daemon::start(FAST);
+    let id = d
+        .client()
+        .send(&Request::get(&format!("http://127.0.0.1:{port}/slow")).timeout_ms(300))
+        .unwrap();
+    d.wait_stats("delivered", T, |s| s["delivered"] == 1);
+    let st = d.client().status(&id).unwrap();
+    assert_eq!(st["state"], "delivered", "{st}");
+    assert_eq!(st["attempts"], 1, "{st}");
+    assert_eq!(st["last_status"], 200, "{st}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

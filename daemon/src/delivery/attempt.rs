@@ -5,14 +5,15 @@ use super::retry::{classify_status, parse_retry_after, Verdict};
 use super::Deliverer;
 use crate::clock::now_ms;
 use crate::job::Job;
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use std::time::{Duration, SystemTime};
 
 /// At most this much of a response body is read, so the connection can be
 /// reused; a longer body is dropped with its connection.
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
+/// How long the body of an answered attempt is read for its snippet, at
+/// most (and never longer than the attempt's timeout).
+pub const BODY_READ: Duration = Duration::from_secs(1);
 
 /// What one attempt came to.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Attempt {
     pub verdict: Verdict,
     /// HTTP status, when a response arrived.
     pub status: Option<u16>,
+    /// Why no response arrived.
+    pub failure: Option<Failure>,
     /// The server's `Retry-After`, in milliseconds.
     pub retry_after_ms: Option<u64>,
     /// A short description of what went wrong.
@@ -32,38 +35,21 @@ pub struct Attempt {
 }
 
 impl Deliverer {
-    /// Makes one attempt, bounded by the job's timeout (response body included).
+    /// Makes one attempt. The job's timeout bounds the wait for the
+    /// response's status line and headers; once they are in, the verdict
+    /// is made (a 2xx is delivered), and the body is read only for the
+    /// snippet, within [`BODY_READ`]: a slow body never turns a success
+    /// into a retry.
     pub async fn attempt(&self, job: &Job) -> Attempt {
         let started_ms = now_ms();
         let req = self.build_request(job);
         let timeout = Duration::from_millis(job.timeout_ms);
-        let mut a = match tokio::time::timeout(timeout, self.exchange(req)).await {
-            Ok(a) => a,
-            Err(_) => Attempt {
-                verdict: Verdict::Retry,
-                status: None,
-                retry_after_ms: None,
-                error: Some(format!("timed out after {} ms", job.timeout_ms)),
-                snippet: None,
-                started_ms: 0,
-            },
-        };
-        a.started_ms = started_ms;
-        a
-    }
-
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Attempt {
-        let resp = match self.client.request(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                return Attempt {
-                    verdict: Verdict::Retry,
-                    status: None,
-                    retry_after_ms: None,
-                    error: Some(error_chain(&e)),
-                    snippet: None,
-                    started_ms: 0,
-                }
+        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Attempt::failed(classify_error(&e), error_chain(&e), started_ms),
+            Err(_) => {
+                let msg = format!("timed out after {} ms", job.timeout_ms);
+                return Attempt::failed(Failure::Timeout, msg, started_ms);
             }
         };
         let status = resp.status().as_u16();
@@ -74,21 +60,10 @@ impl Deliverer {
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
             .map(|d| d.as_millis().min(u64::MAX as u128) as u64);
         let verdict = classify_status(status);
-        let mut body = resp.into_body();
-        let mut kept = Vec::new();
-        let mut read = 0usize;
-        while read < MAX_DRAIN_BYTES {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        read += data.len();
-                        let room = self.snippet_bytes.saturating_sub(kept.len());
-                        kept.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                }
-                Some(Err(_)) | None => break,
-            }
-        }
+        let body_time = timeout.min(BODY_READ);
+        let kept = tokio::time::timeout(body_time, self.snippet(resp.into_body()))
+            .await
+            .unwrap_or_default();
         let error = match verdict {
             Verdict::Success => None,
             _ => Some(format!(
@@ -103,11 +78,117 @@ impl Deliverer {
         Attempt {
             verdict,
             status: Some(status),
+            failure: None,
             retry_after_ms,
             error,
             snippet: (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned()),
-            started_ms: 0,
+            started_ms,
         }
+    }
+
+    /// The first bytes of a response body; the rest (up to
+    /// [`MAX_DRAIN_BYTES`]) is read so the connection can be reused.
+    async fn snippet(&self, mut body: hyper::body::Incoming) -> Vec<u8> {
+        let mut kept = Vec::new();
+        let mut read = 0usize;
+        while read < MAX_DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len();
+                        let room = self.snippet_bytes.saturating_sub(kept.len());
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        kept
+    }
+}
+
+/// Why an attempt got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No status line within the attempt's timeout.
+    Timeout,
+    /// The name did not resolve.
+    Dns,
+    /// The connection could not be made (refused, unreachable, reset).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// Anything else (the connection broke mid-exchange, ...).
+    Other,
+}
+
+impl Failure {
+    /// The `result` label of `ffd_attempts_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Dns => "dns",
+            Failure::Connect => "connect",
+            Failure::Tls => "tls",
+            Failure::Other => "other",
+        }
+    }
+}
+
+impl Attempt {
+    fn failed(failure: Failure, error: String, started_ms: u64) -> Attempt {
+        Attempt {
+            verdict: Verdict::Retry,
+            status: None,
+            failure: Some(failure),
+            retry_after_ms: None,
+            error: Some(error),
+            snippet: None,
+            started_ms,
+        }
+    }
+
+    /// What the attempt came to, as the `result` label of
+    /// `ffd_attempts_total`: the status class, or why there was none.
+    pub fn result(&self) -> &'static str {
+        match (self.status, self.failure) {
+            (Some(200..=299), _) => "2xx",
+            (Some(300..=399), _) => "3xx",
+            (Some(400..=499), _) => "4xx",
+            (Some(500..=599), _) => "5xx",
+            (Some(_), _) => "other",
+            (None, Some(f)) => f.as_str(),
+            (None, None) => "other",
+        }
+    }
+}
+
+/// Sorts a client error by what failed, from its chain of causes.
+fn classify_error(e: &hyper_util::client::legacy::Error) -> Failure {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut text = String::new();
+    while let Some(cause) = src {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return Failure::Tls;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return Failure::Tls;
+            }
+        }
+        text.push_str(&cause.to_string());
+        text.push('\n');
+        src = cause.source();
+    }
+    if text.contains("dns error") || text.contains("failed to lookup address") {
+        Failure::Dns
+    } else if e.is_connect() {
+        Failure::Connect
+    } else {
+        Failure::Other
     }
 }
 

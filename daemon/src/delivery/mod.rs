@@ -11,7 +11,7 @@ mod attempt;
 mod request;
 pub mod retry;
 
-pub use attempt::Attempt;
+pub use attempt::{Attempt, Failure};
 
 use crate::config::DeliveryConfig;
 use anyhow::{Context, Result};

@@ -4,7 +4,7 @@
 //! acknowledged.
 
 use super::entry::{Entry, JobRef, Phase, HOT_BYTES, NO_OWNER};
-use super::{place, Engine, State};
+use super::{place, Engine, Queues, State};
 use crate::clock::now_ms;
 use crate::config::WhenFull;
 use crate::job::{owner_key, Job, Owner};
@@ -373,14 +373,11 @@ impl State {
         self.pending += 1;
         self.hosts[host].pending += 1;
         self.arrivals.push_back((job.accepted_ms, job.key.clone()));
-        place(
-            e,
-            &job.key,
-            job.not_before_ms,
-            false,
-            now_ms(),
-            &mut self.lanes,
-            &mut self.timers,
-        )
+        let mut q = Queues {
+            lanes: &mut self.lanes,
+            timers: &mut self.timers,
+            expiry: &mut self.expiry,
+        };
+        place(e, &job.key, job.not_before_ms, false, now_ms(), &mut q)
     }
 }

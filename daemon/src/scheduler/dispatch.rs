@@ -5,7 +5,7 @@
 //! wake-up per request while work is queued.
 
 use super::entry::{JobRef, Phase};
-use super::{Engine, State, Timer};
+use super::{Engine, Queues, State, Timer};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::job::Job;
@@ -43,7 +43,7 @@ impl Engine {
                 let mut st = self.lock();
                 let now = now_ms();
                 let starts = st.collect(now, &self.dcfg(), self.spool.as_deref());
-                (starts, st.timers.peek().map(|Reverse((at, _))| *at))
+                (starts, st.next_wake())
             };
             for start in starts {
                 tokio::spawn(self.clone().deliver(start, shutdown.clone()));
@@ -102,20 +102,60 @@ impl State {
                 break;
             };
             if let Timer::Entry(id) = timer {
+                let mut q = Queues {
+                    lanes: &mut self.lanes,
+                    timers: &mut self.timers,
+                    expiry: &mut self.expiry,
+                };
                 if let Some(e) = self.entries.get_mut(&id) {
                     if e.phase == Phase::Waiting && e.next_ms == at {
-                        e.phase = Phase::Queued;
-                        e.next_ms = u64::MAX;
-                        self.lanes.push(e.host, id, e.attempts > 0);
+                        let retry = e.attempts > 0;
+                        q.enqueue(e, &id, retry);
                     }
                 }
             }
         }
+        self.expire_queued(now, cfg, spool);
         let mut starts = Vec::new();
         while let Some(start) = self.take_one(now, cfg, spool) {
             starts.push(start);
         }
         starts
+    }
+
+    /// Ends the queued requests whose ttl has passed, wherever their host
+    /// stands (paused, at its limit). Their ids stay in the lanes and are
+    /// skipped there.
+    fn expire_queued(&mut self, now: u64, cfg: &DeliveryConfig, spool: Option<&Spool>) {
+        while let Some((at, _)) = self.expiry.first() {
+            if *at > now {
+                return;
+            }
+            let Some((_, id)) = self.expiry.pop_first() else {
+                return;
+            };
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if e.phase != Phase::Queued {
+                continue;
+            }
+            if let Some(s) = spool {
+                s.record(&id, e.job.loc(), Outcome::expired(e.attempts, now));
+            }
+            self.end(&id, Phase::Expired, now, cfg.status_history);
+            warn!(id = %id, "ttl passed while queued; expired");
+        }
+    }
+
+    /// The next time the dispatcher must look: a timer, or an expiry.
+    pub(super) fn next_wake(&self) -> Option<u64> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let expiry = self.expiry.first().map(|(at, _)| *at);
+        match (timer, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Takes the next job to start, round-robin over the hosts that may take
@@ -142,6 +182,7 @@ impl State {
             if e.phase != Phase::Queued {
                 continue;
             }
+            self.expiry.remove(&(e.expires_ms, id.clone()));
             if now >= e.expires_ms {
                 if let Some(s) = spool {
                     s.record(&id, e.job.loc(), Outcome::expired(e.attempts, now));

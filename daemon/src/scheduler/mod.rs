@@ -40,7 +40,7 @@ use entry::{Entries, Entry};
 use ffd_proto::ErrorCode;
 use http::{HeaderName, HeaderValue, Uri};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -94,6 +94,10 @@ struct State {
     last_host: Option<(bool, String, u32)>,
     lanes: Lanes,
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    /// Requests waiting in a lane, by expiry: a request stuck behind a
+    /// paused host or a full limit expires on time, not when it leaves
+    /// its lane. Removed when it leaves the lane.
+    expiry: BTreeSet<(u64, Arc<str>)>,
     finished: VecDeque<Arc<str>>,
     dead: BTreeMap<u64, Arc<str>>,
     next_dead_seq: u64,
@@ -232,6 +236,7 @@ impl Engine {
                 last_host: None,
                 lanes: Lanes::default(),
                 timers: BinaryHeap::new(),
+                expiry: BTreeSet::new(),
                 finished: VecDeque::new(),
                 dead: BTreeMap::new(),
                 next_dead_seq: 1,
@@ -451,38 +456,46 @@ impl State {
         let Some(e) = self.entries.get_mut(id) else {
             return false;
         };
-        place(
-            e,
-            id,
-            at,
-            retry,
-            now_ms(),
-            &mut self.lanes,
-            &mut self.timers,
-        )
+        let mut q = Queues {
+            lanes: &mut self.lanes,
+            timers: &mut self.timers,
+            expiry: &mut self.expiry,
+        };
+        place(e, id, at, retry, now_ms(), &mut q)
     }
 }
 
-/// [`State::schedule`] for an entry already borrowed.
-fn place(
-    e: &mut Entry,
-    id: &Arc<str>,
-    at: u64,
-    retry: bool,
-    now: u64,
-    lanes: &mut Lanes,
-    timers: &mut BinaryHeap<Reverse<(u64, Timer)>>,
-) -> bool {
-    if at <= now {
+/// Where a request waits: its host's lane (with its expiry), or a timer.
+struct Queues<'a> {
+    lanes: &'a mut Lanes,
+    timers: &'a mut BinaryHeap<Reverse<(u64, Timer)>>,
+    expiry: &'a mut BTreeSet<(u64, Arc<str>)>,
+}
+
+impl Queues<'_> {
+    /// Puts a request in its host's lane, due now.
+    fn enqueue(&mut self, e: &mut Entry, id: &Arc<str>, retry: bool) {
         e.phase = Phase::Queued;
         e.next_ms = u64::MAX;
-        lanes.push(e.host, id.clone(), retry);
+        self.lanes.push(e.host, id.clone(), retry);
+        self.expiry.insert((e.expires_ms, id.clone()));
+    }
+}
+
+/// Puts an entry in its host's lane (due now) or on the timer heap; see
+/// [`State::schedule`].
+fn place(e: &mut Entry, id: &Arc<str>, at: u64, retry: bool, now: u64, q: &mut Queues<'_>) -> bool {
+    if at <= now {
+        q.enqueue(e, id, retry);
         true
     } else {
         e.phase = Phase::Waiting;
         e.next_ms = at;
-        let earliest = timers.peek().is_none_or(|Reverse((first, _))| at < *first);
-        timers.push(Reverse((at, Timer::Entry(id.clone()))));
+        let earliest = q
+            .timers
+            .peek()
+            .is_none_or(|Reverse((first, _))| at < *first);
+        q.timers.push(Reverse((at, Timer::Entry(id.clone()))));
         earliest
     }
 }
