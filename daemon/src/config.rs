@@ -88,6 +88,45 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Named destinations: `dest` in a send picks one.
     pub destinations: BTreeMap<String, Destination>,
+    /// The metrics and health endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics and health checks over HTTP.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve `/metrics`, `/livez`, `/readyz` and `/healthz`: a TCP
+    /// address (`127.0.0.1:9464`) or an absolute path for a Unix socket.
+    /// Unset: off.
+    pub listen: Option<String>,
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listen {
+    /// A TCP address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl MetricsConfig {
+    /// The parsed `listen`, if set.
+    pub fn listen(&self) -> Result<Option<Listen>> {
+        let Some(l) = &self.listen else {
+            return Ok(None);
+        };
+        if l.starts_with('/') {
+            return Ok(Some(Listen::Unix(PathBuf::from(l))));
+        }
+        match l.parse() {
+            Ok(addr) => Ok(Some(Listen::Tcp(addr))),
+            Err(_) => bail!(
+                "key `metrics.listen`: {l:?} is neither an address with a port (127.0.0.1:9464) nor an absolute socket path"
+            ),
+        }
+    }
 }
 
 /// Spool settings.
@@ -180,6 +219,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             delivery: DeliveryConfig::default(),
             destinations: BTreeMap::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -352,6 +392,7 @@ impl Config {
                 bail!("key `delivery.ca_file`: no such file: {}", ca.display());
             }
         }
+        self.metrics.listen()?;
         for (name, dest) in &self.destinations {
             let key = format!("destinations.{name}");
             if let Err(e) = ffd_proto::validate_url(&dest.url) {
@@ -439,7 +480,8 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         delivery.ca_file,
         delivery.response_snippet_bytes,
         delivery.pool_idle_per_host,
-        delivery.pool_idle_timeout_ms
+        delivery.pool_idle_timeout_ms,
+        metrics
     );
     restart
 }

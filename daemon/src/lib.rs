@@ -15,6 +15,8 @@ pub mod id;
 pub mod ingest;
 pub mod job;
 pub mod logging;
+pub mod metrics;
+pub mod observe;
 pub mod scheduler;
 pub mod shutdown;
 pub mod spool;
@@ -75,6 +77,10 @@ async fn serve(
     };
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     let mut signals = shutdown::signals()?;
+    if let Some(listen) = cfg.metrics.listen()? {
+        let l = observe::bind(&listen).await?;
+        tokio::spawn(observe::serve(l, engine.clone(), shutdown.clone()));
+    }
 
     tokio::spawn(engine.clone().run_dispatcher(shutdown.clone()));
     let accept = tokio::spawn(ingest::listener::run(

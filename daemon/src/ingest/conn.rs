@@ -11,7 +11,7 @@ use crate::scheduler::Engine;
 use crate::shutdown::Shutdown;
 use ffd_proto::{ErrorCode, Line, ProtoError, SendRequest};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tracing::debug;
@@ -27,10 +27,21 @@ enum Slot {
 }
 
 /// Lines of one read, waiting to be answered.
-#[derive(Default)]
 struct Batch {
     slots: Vec<Slot>,
     sends: Vec<SendRequest>,
+    /// When its bytes were read: the start of each send's ACK time.
+    started: Instant,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            slots: Vec::new(),
+            sends: Vec::new(),
+            started: Instant::now(),
+        }
+    }
 }
 
 /// How long lines may be, and how long the rest of a started line may take.
@@ -96,7 +107,7 @@ pub async fn serve(
                 return;
             }
         };
-        let mut batch = Batch::default();
+        let mut batch = Batch::new();
         let mut data = &chunk[..n];
         while let Some(pos) = memchr::memchr(b'\n', data) {
             let piece = &data[..pos];
@@ -137,7 +148,7 @@ pub async fn serve(
     }
     // The client closed its side: lines fully received are still answered.
     // A last line without `\n` counts as complete, as most tools treat it.
-    let mut batch = Batch::default();
+    let mut batch = Batch::new();
     if discarding {
         push_error(&mut batch, &engine, too_long(max_line));
     } else if !partial.is_empty() {
@@ -200,6 +211,7 @@ async fn flush(
         return Ok(());
     }
     let sends = std::mem::take(&mut batch.sends);
+    let n_sends = sends.len();
     let results = if sends.is_empty() {
         Vec::new()
     } else {
@@ -216,5 +228,10 @@ async fn flush(
             },
         }
     }
-    wr.write_all(out).await
+    let written = wr.write_all(out).await;
+    let took = batch.started.elapsed().as_secs_f64();
+    for _ in 0..n_sends {
+        engine.metrics.ack_duration.observe(took);
+    }
+    written
 }

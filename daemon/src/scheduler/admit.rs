@@ -169,6 +169,7 @@ impl Engine {
                 kick |= st.commit(job, locs.get(k).copied());
             }
             st.counters.accepted += fresh.len() as u64;
+            self.metrics.accepted.inc_by(fresh.len() as u64);
             st.counters.duplicates += same_as.len() as u64;
             drop(st);
             // Sends delayed past the dispatcher's next timer need no wake-up
@@ -357,7 +358,7 @@ impl State {
         let Some(e) = self.entries.get_mut(&job.key) else {
             return false;
         };
-        if e.next_ms != u64::MAX || e.phase != Phase::Waiting {
+        if e.committed || e.phase != Phase::Waiting {
             return false;
         }
         e.committed = true;

@@ -65,7 +65,11 @@ impl Engine {
         while let Some((id, job, host)) = next.take() {
             next = match self.load(&job) {
                 Ok(job) if *job.key == *id => {
+                    let started = std::time::Instant::now();
                     let attempt = self.deliverer.attempt(&job).await;
+                    self.metrics
+                        .attempt_duration
+                        .observe(started.elapsed().as_secs_f64());
                     self.finish(&id, host, &job, attempt)
                 }
                 Ok(_) => {
@@ -110,7 +114,7 @@ impl State {
                 if let Some(e) = self.entries.get_mut(&id) {
                     if e.phase == Phase::Waiting && e.next_ms == at {
                         let retry = e.attempts > 0;
-                        q.enqueue(e, &id, retry);
+                        q.enqueue(e, &id, retry, now);
                     }
                 }
             }

@@ -65,6 +65,15 @@ impl Lanes {
         }
     }
 
+    /// The first id of each queue of each host with queued work: the ones
+    /// that have waited longest in their queue.
+    pub fn fronts(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.active.iter().flat_map(|h| {
+            let lane = &self.lanes[*h as usize];
+            lane.fresh.front().into_iter().chain(lane.retry.front())
+        })
+    }
+
     /// The next id to start, round-robin over the hosts with queued work
     /// for which `may_start` holds; `None` when none may start now.
     pub fn next(&mut self, mut may_start: impl FnMut(u32) -> bool) -> Option<(u32, Arc<str>)> {

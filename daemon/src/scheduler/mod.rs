@@ -20,6 +20,7 @@ mod compact;
 mod dead;
 mod dispatch;
 mod entry;
+mod gauges;
 mod lanes;
 mod outcome;
 mod restore;
@@ -28,6 +29,7 @@ pub use admit::{Accepted, Admitted};
 pub use breaker::{Breaker, BreakerConfig, Trip};
 pub use dead::{EntryView, Viewer};
 pub use entry::Phase;
+pub use gauges::Health;
 pub use lanes::Lanes;
 pub use restore::RestoreResult;
 
@@ -35,6 +37,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, DeliveryConfig, WhenFull};
 use crate::delivery::Deliverer;
 use crate::job::host_key;
+use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolStats};
 use entry::{Entries, Entry};
 use ffd_proto::ErrorCode;
@@ -49,6 +52,9 @@ use tokio::sync::Notify;
 /// What the scheduler knows of one host.
 struct Host {
     key: String,
+    /// The `host` label of its metrics: its key for named destinations and
+    /// the first [`HOST_LABELS`] hosts seen, `_other` after that.
+    label: String,
     breaker: Breaker,
     in_flight: usize,
     pending: usize,
@@ -66,6 +72,9 @@ impl Host {
         !self.breaker.paused(now) && self.in_flight < limit
     }
 }
+
+/// Hosts with a label of their own in the metrics, beside destinations'.
+const HOST_LABELS: usize = 50;
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -114,6 +123,9 @@ struct State {
     restored: VecDeque<(u64, Arc<str>)>,
     draining: bool,
     counters: Counters,
+    metrics: Arc<Metrics>,
+    /// Host keys of the named destinations: always a metrics label.
+    dest_hosts: std::collections::HashSet<String>,
 }
 
 /// The scheduler and its handles: shared by connections (accept, ops), the
@@ -134,12 +146,22 @@ pub struct Engine {
     deliverer: Arc<Deliverer>,
     spool: Option<Arc<Spool>>,
     rejected: [AtomicU64; ErrorCode::ALL.len()],
+    /// The Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     /// Connections open now.
     pub connections: AtomicUsize,
     started: Instant,
 }
 
 type Destinations = HashMap<String, (Uri, Vec<(HeaderName, HeaderValue)>)>;
+
+/// The host keys of the config's named destinations.
+fn dest_hosts(cfg: &Config) -> std::collections::HashSet<String> {
+    destinations(cfg)
+        .values()
+        .map(|(uri, _)| host_key(uri))
+        .collect()
+}
 
 fn destinations(cfg: &Config) -> Destinations {
     cfg.destinations
@@ -223,6 +245,8 @@ impl Engine {
     /// A scheduler for `cfg`, delivering with `deliverer`, persisting to `spool`
     /// (`None`: memory only).
     pub fn new(cfg: &Config, deliverer: Arc<Deliverer>, spool: Option<Arc<Spool>>) -> Arc<Engine> {
+        let metrics = Arc::new(Metrics::new());
+        metrics.spool_max_bytes.set(cfg.spool.max_bytes as i64);
         Arc::new(Engine {
             futile_compaction: Mutex::new(None),
             delivery: RwLock::new(Arc::new(cfg.delivery.clone())),
@@ -248,6 +272,8 @@ impl Engine {
                 restored: VecDeque::new(),
                 draining: false,
                 counters: Counters::default(),
+                metrics: metrics.clone(),
+                dest_hosts: dest_hosts(cfg),
             }),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -255,6 +281,7 @@ impl Engine {
             deliverer,
             spool,
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            metrics,
             connections: AtomicUsize::new(0),
             started: Instant::now(),
         })
@@ -302,6 +329,7 @@ impl Engine {
         );
         *self.delivery.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
         *self.destinations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(destinations(cfg));
+        self.lock().dest_hosts = dest_hosts(cfg);
         changed.push("destinations");
         self.wake.notify_one();
         changed
@@ -323,6 +351,7 @@ impl Engine {
     pub fn count_rejected(&self, code: ErrorCode) {
         let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
         self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected(code);
     }
 
     /// Stops starting deliveries and waits for the running ones, up to `deadline`.
@@ -436,8 +465,14 @@ impl State {
         }
         let i = self.lanes.add();
         debug_assert_eq!(i as usize, self.hosts.len());
+        let label = if (i as usize) < HOST_LABELS || self.dest_hosts.contains(key) {
+            key.to_string()
+        } else {
+            "_other".to_string()
+        };
         self.hosts.push(Host {
             key: key.to_string(),
+            label,
             breaker: Breaker::default(),
             in_flight: 0,
             pending: 0,
@@ -473,10 +508,11 @@ struct Queues<'a> {
 }
 
 impl Queues<'_> {
-    /// Puts a request in its host's lane, due now.
-    fn enqueue(&mut self, e: &mut Entry, id: &Arc<str>, retry: bool) {
+    /// Puts a request in its host's lane, due now; `next_ms` keeps when it
+    /// became ready (for the age of the oldest ready request).
+    fn enqueue(&mut self, e: &mut Entry, id: &Arc<str>, retry: bool, now: u64) {
         e.phase = Phase::Queued;
-        e.next_ms = u64::MAX;
+        e.next_ms = now;
         self.lanes.push(e.host, id.clone(), retry);
         self.expiry.insert((e.expires_ms, id.clone()));
     }
@@ -486,7 +522,7 @@ impl Queues<'_> {
 /// [`State::schedule`].
 fn place(e: &mut Entry, id: &Arc<str>, at: u64, retry: bool, now: u64, q: &mut Queues<'_>) -> bool {
     if at <= now {
-        q.enqueue(e, id, retry);
+        q.enqueue(e, id, retry, now);
         true
     } else {
         e.phase = Phase::Waiting;

@@ -120,14 +120,24 @@ impl State {
         e.snippet = a.snippet.clone().map(Into::into);
         let attempts = e.attempts;
         let here = e.job.loc();
+        let accepted_ms = e.accepted_ms;
         // Only built when a log line will be written.
         let url = tracing::field::display(crate::job::Redacted(&job.uri));
         let h = &mut self.hosts[host as usize];
+        let result = a.result();
+        self.metrics.attempt(result);
+        self.metrics
+            .host_attempts
+            .get_or_create(&[("host", h.label.clone()), ("result", result.to_string())])
+            .inc();
         let mut kick = false;
         let end = match a.verdict {
             Verdict::Success => {
                 kick |= h.breaker.answered(now, dcfg.breaker_threshold);
                 h.last_success_ms = now;
+                self.metrics
+                    .delivery_latency
+                    .observe(now.saturating_sub(accepted_ms) as f64 / 1000.0);
                 debug!(id = %job.id, url, status = a.status, attempts, "delivered");
                 Some(Phase::Delivered)
             }
@@ -214,6 +224,7 @@ impl State {
         }
         debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
         self.counters.retried += 1;
+        self.metrics.retries.inc();
         self.cool(id);
         Ok((at, self.schedule(id, at, true)))
     }
@@ -260,6 +271,7 @@ impl State {
                 self.bytes -= e.bytes;
                 e.bytes = 0;
                 self.counters.delivered += 1;
+                self.metrics.finished("delivered");
                 self.remember_delivered(id.clone(), history);
             }
             Phase::Dead | Phase::Expired => {
@@ -269,8 +281,10 @@ impl State {
                 self.dead.insert(seq, id.clone());
                 if phase == Phase::Dead {
                     self.counters.dead += 1;
+                    self.metrics.finished("dead");
                 } else {
                     self.counters.expired += 1;
+                    self.metrics.finished("expired");
                 }
             }
             _ => {}

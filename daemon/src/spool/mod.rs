@@ -250,6 +250,13 @@ impl Spool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether appends can be written now: false while no segment could be
+    /// created (a full disk).
+    pub fn writable(&self) -> bool {
+        let inner = self.lock();
+        inner.file.is_some() && !inner.closed
+    }
+
     /// Bytes of all segment files.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

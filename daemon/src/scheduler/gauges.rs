@@ -1,0 +1,140 @@
+//! The state as gauges, read when `/metrics` is scraped and for the health
+//! verdict: nothing here runs on the ACK path.
+
+use super::entry::Phase;
+use super::{Engine, State};
+use crate::clock::now_ms;
+use std::sync::atomic::Ordering;
+
+/// Requests looked at, at most, to find the oldest one waiting for a retry
+/// or its delay (the scan holds the scheduler's lock).
+const BACKOFF_SCAN: usize = 10_000;
+
+/// What the health endpoints judge by.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Draining: no new requests.
+    pub draining: bool,
+    /// The spool takes writes (disk mode: a segment is open), and is below
+    /// `max_bytes`.
+    pub spool_writable: bool,
+    /// Spool bytes and the limit.
+    pub spool_bytes: u64,
+    /// `spool.max_bytes`.
+    pub spool_max_bytes: u64,
+    /// Hosts paused by their breaker.
+    pub paused_hosts: Vec<String>,
+    /// Seconds the oldest ready request has waited for a slot.
+    pub oldest_ready_s: f64,
+}
+
+impl Engine {
+    /// Sets the gauges from the current state, before a scrape.
+    pub fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        let now = now_ms();
+        let threshold = self.dcfg().breaker_threshold;
+        let st = self.lock();
+        m.pending.set(st.pending as i64);
+        m.in_flight.set(st.in_flight as i64);
+        m.dead_letters.set(st.dead.len() as i64);
+        m.connections
+            .set(self.connections.load(Ordering::Relaxed) as i64);
+        m.oldest_ready.set(st.oldest_ready_ms(now) as f64 / 1000.0);
+        m.oldest_backoff
+            .set(st.oldest_backoff_ms(now) as f64 / 1000.0);
+        // Idle hosts drop out of the per-host gauges.
+        m.host_pending.clear();
+        m.host_in_flight.clear();
+        m.host_breaker.clear();
+        let mut paused = 0;
+        for h in &st.hosts {
+            let is_paused = h.breaker.paused(now);
+            paused += i64::from(is_paused);
+            if h.pending == 0 && h.in_flight == 0 && h.breaker.failures() == 0 {
+                continue;
+            }
+            let label = [("host", h.label.clone())];
+            m.host_pending
+                .get_or_create(&label)
+                .inc_by(h.pending as i64);
+            m.host_in_flight
+                .get_or_create(&label)
+                .inc_by(h.in_flight as i64);
+            let state = if is_paused {
+                "open"
+            } else if h.breaker.failures() >= threshold {
+                "half_open"
+            } else {
+                "closed"
+            };
+            m.host_breaker
+                .get_or_create(&[("host", h.label.clone()), ("state", state.to_string())])
+                .set(1);
+        }
+        m.hosts_paused.set(paused);
+        drop(st);
+        let bytes = match &self.spool {
+            Some(s) => s.bytes(),
+            None => self.lock().bytes,
+        };
+        m.spool_bytes.set(bytes as i64);
+    }
+
+    /// What the health endpoints judge by.
+    pub fn health(&self) -> Health {
+        let now = now_ms();
+        let st = self.lock();
+        let paused_hosts = st
+            .hosts
+            .iter()
+            .filter(|h| h.breaker.paused(now))
+            .map(|h| h.key.clone())
+            .collect();
+        let (bytes, writable) = match &self.spool {
+            Some(s) => (s.bytes(), s.writable()),
+            None => (st.bytes, true),
+        };
+        Health {
+            draining: st.draining,
+            spool_writable: writable && bytes < self.max_bytes,
+            spool_bytes: bytes,
+            spool_max_bytes: self.max_bytes,
+            paused_hosts,
+            oldest_ready_s: st.oldest_ready_ms(now) as f64 / 1000.0,
+        }
+    }
+}
+
+impl State {
+    /// How long the oldest ready request has waited in its lane (0: none).
+    fn oldest_ready_ms(&self, now: u64) -> u64 {
+        self.lanes
+            .fronts()
+            .filter_map(|id| self.entries.get(id))
+            .filter(|e| e.phase == Phase::Queued)
+            .map(|e| now.saturating_sub(e.next_ms))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Age of the oldest request waiting for a retry or its delay (0:
+    /// none), among the oldest [`BACKOFF_SCAN`] pending ones.
+    fn oldest_backoff_ms(&self, now: u64) -> u64 {
+        let oldest = |q: &std::collections::VecDeque<(u64, std::sync::Arc<str>)>| {
+            q.iter()
+                .take(BACKOFF_SCAN)
+                .find(|(at, id)| {
+                    self.entries
+                        .get(id)
+                        .is_some_and(|e| e.phase == Phase::Waiting && e.accepted_ms == *at)
+                })
+                .map(|(at, _)| *at)
+        };
+        match (oldest(&self.arrivals), oldest(&self.restored)) {
+            (Some(a), Some(b)) => now.saturating_sub(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => now.saturating_sub(a),
+            (None, None) => 0,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Seeing what ffd does: the Prometheus metrics (parsed by the reference
+//! Python parser, `prometheus_client`), the health endpoints.
+
+mod support;
+
+use ffclient::Request;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use support::{Daemon, Reply, Sink, T};
+
+/// A free loopback port (bound, then released for ffd to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One GET; (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: ffd\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// The exposition parsed by `prometheus_client`'s OpenMetrics parser:
+/// `{"name{label=value,...}": value}`.
+fn parse_metrics(text: &str) -> Value {
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the metrics do not parse (pip install prometheus-client): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_parse_and_agree_with_stats_after_delivered_dead_and_expired() {
+    let sink = Sink::with(|r, _| match r.path.as_str() {
+        "/ok" => Reply::status(200),
+        "/gone" => Reply::status(404),
+        _ => Reply::status(503).header("retry-after", "3600"),
+    });
+    let port = free_port();
+    let d = Daemon::start(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\nbreaker_threshold = 1000\n"
+    ));
+    let mut c = d.client();
+    c.send(&Request::get(&sink.url("/ok"))).unwrap();
+    c.send(&Request::get(&sink.url("/gone"))).unwrap();
+    // A 503 asking for an hour, with a ttl of a minute: expired at once.
+    c.send(&Request::get(&sink.url("/busy")).ttl_ms(60_000))
+        .unwrap();
+    assert!(c.send_line("{not json").is_err());
+    let stats = d.wait_stats("three end states", T, |s| {
+        s["delivered"] == 1 && s["dead"] == 1 && s["expired"] == 1
+    });
+    let (status, text) = get(port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let m = parse_metrics(&text);
+    let v = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m:#}"));
+    assert_eq!(
+        v("ffd_requests_accepted_total{}"),
+        stats["accepted"].as_f64().unwrap()
+    );
+    assert_eq!(v("ffd_requests_finished_total{state=delivered}"), 1.0);
+    assert_eq!(v("ffd_requests_finished_total{state=dead}"), 1.0);
+    assert_eq!(v("ffd_requests_finished_total{state=expired}"), 1.0);
+    assert_eq!(v("ffd_requests_rejected_total{code=bad_json}"), 1.0);
+    assert_eq!(v("ffd_attempts_total{result=2xx}"), 1.0);
+    assert_eq!(v("ffd_attempts_total{result=4xx}"), 1.0);
+    assert_eq!(v("ffd_attempts_total{result=5xx}"), 1.0);
+    assert_eq!(v("ffd_requests_pending{}"), 0.0);
+    assert_eq!(
+        v("ffd_dead_letters{}"),
+        stats["dead_letters"].as_f64().unwrap()
+    );
+    assert_eq!(v("ffd_spool_max_bytes{}"), 1073741824.0);
+    assert!(v("ffd_spool_bytes{}") > 0.0);
+    assert_eq!(v("ffd_delivery_latency_seconds_count{}"), 1.0);
+    assert_eq!(v("ffd_attempt_duration_seconds_count{}"), 3.0);
+    assert_eq!(v("ffd_ack_duration_seconds_count{}"), 3.0);
+    let host = format!("http://{}", sink.addr);
+    assert_eq!(
+        v(&format!(
+            "ffd_host_attempts_total{{host={host},result=5xx}}"
+        )),
+        1.0,
+        "{m:#}"
+    );
+    for state in ["ready", "backoff"] {
+        v(&format!("ffd_oldest_pending_age_seconds{{state={state}}}"));
+    }
+}
+
+#[test]
+fn health_says_live_ready_and_why_it_is_yellow() {
+    let sink = Sink::with(|_, _| Reply::status(503));
+    let port = free_port();
+    let d = Daemon::start(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\nbreaker_threshold = 1\nbreaker_cooldown_ms = 60000\n"
+    ));
+    assert_eq!(get(port, "/livez").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
+    let (status, body) = get(port, "/healthz");
+    assert_eq!(status, 200);
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "green", "{h}");
+    // A receiver that is down makes ffd yellow, never not ready.
+    d.client().send(&Request::get(&sink.url("/down"))).unwrap();
+    d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
+    assert_eq!(get(port, "/readyz").0, 200);
+    let (status, body) = get(port, "/healthz");
+    assert_eq!(status, 200);
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "yellow", "{h}");
+    assert!(h["reasons"][0].as_str().unwrap().contains("paused"), "{h}");
+    assert_eq!(get(port, "/nope").0, 404);
+}
