@@ -344,6 +344,29 @@ impl Client {
         }
     }
 
+    /// Starts a `tail` (`filter`: the op's fields, e.g.
+    /// `{"events":["dead"]}`) and returns the event lines as they come,
+    /// each a JSON object, until ffd closes the connection.
+    pub fn tail(
+        mut self,
+        filter: Map<String, Value>,
+    ) -> Result<impl Iterator<Item = Result<Value, Error>>, Error> {
+        let mut op = filter;
+        op.insert("op".into(), Value::from("tail"));
+        self.send_line(&Value::Object(op).to_string())?;
+        let mut reader = self.reader;
+        Ok(std::iter::from_fn(move || {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => None,
+                Ok(_) => {
+                    Some(serde_json::from_str(&line).map_err(|e| Error::Protocol(e.to_string())))
+                }
+                Err(e) => Some(Err(Error::Io(e))),
+            }
+        }))
+    }
+
     fn roundtrip(&mut self, line: &[u8]) -> Result<Response, Error> {
         self.writer.write_all(line)?;
         let resp = self.read_response()?;

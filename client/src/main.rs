@@ -25,11 +25,18 @@ commands:
       URL is absolute: http://HOST[:PORT]/PATH or https://...
   send -                        NDJSON requests from stdin, pipelined; prints ids
   ping                          check that ffd answers
-  stats                         counters, queue depth, hosts
-  status ID                     state of one request (a summary line on stderr)
+  stats [--json]                counters, queue depth, hosts (--json: the raw answer)
+  status ID [--json]            where one request stands, in words (--json: raw)
   dead [--limit N]              dead letters
   replay ID|--all               send dead letters again
   purge ID|--all                forget dead letters
+  tail [options]                live events, one line each, until Ctrl-C
+      --host HOST               only requests to HOST (host, host:port or URL form)
+      --dest NAME               only requests to the named destination
+      --event EVENT             only this event (repeatable): accepted, attempt,
+                                retry, delivered, dead, expired
+      --json                    the raw JSON lines
+  top [--once]                  one live row per host, refreshed every second
 
 The socket is --socket, else $FFD_SOCKET, else ffd's default path:
 /run/ffd/ffd.sock as root; else $XDG_RUNTIME_DIR/ffd.sock if it exists;
@@ -149,17 +156,27 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         "stats" => {
+            let json = json_flag(&mut args);
             no_more(&args)?;
-            print(connect()?.stats()?);
+            let st = connect()?.stats()?;
+            if json {
+                print(st);
+            } else {
+                print!("{}", stats_text(&st));
+            }
             Ok(ExitCode::SUCCESS)
         }
         "status" => {
+            let json = json_flag(&mut args);
             let [id] = args.as_slice() else {
                 return Err(Failure::Usage("status takes one ID".into()));
             };
             let st = connect()?.status(id)?;
-            print(st.clone());
-            eprintln!("{}", status_summary(&st));
+            if json {
+                print(st);
+            } else {
+                print!("{}", status_text(&st));
+            }
             Ok(ExitCode::SUCCESS)
         }
         "dead" => {
@@ -184,7 +201,158 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             print(serde_json::Value::Object(m));
             Ok(ExitCode::SUCCESS)
         }
+        "tail" => tail(connect()?, args),
+        "top" => {
+            let once = match args.as_slice() {
+                [] => false,
+                [o] if o == "--once" => true,
+                _ => return Err(Failure::Usage("top takes only --once".into())),
+            };
+            top(&connect, once)
+        }
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// `ffclient tail`: events as readable lines (or raw with --json).
+fn tail(client: Client, args: Vec<String>) -> Result<ExitCode, Failure> {
+    let mut filter = serde_json::Map::new();
+    let mut events = Vec::new();
+    let mut json = false;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))
+        };
+        match a.as_str() {
+            "--host" => {
+                filter.insert("host".into(), value("--host")?.into());
+            }
+            "--dest" => {
+                filter.insert("dest".into(), value("--dest")?.into());
+            }
+            "--event" => events.push(serde_json::Value::from(value("--event")?)),
+            "--json" => json = true,
+            other => return Err(Failure::Usage(format!("tail: unknown option {other:?}"))),
+        }
+    }
+    if !events.is_empty() {
+        filter.insert("events".into(), events.into());
+    }
+    let stdout = std::io::stdout();
+    for ev in client.tail(filter)? {
+        let ev = ev?;
+        let line = if json {
+            ev.to_string()
+        } else {
+            event_line(&ev)
+        };
+        use std::io::Write;
+        if writeln!(stdout.lock(), "{line}").is_err() {
+            break; // the reader went away (| head)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One event for a person: `12:00:01.234 UTC  delivered  ID  host  HTTP 200 (12 ms)`.
+fn event_line(ev: &serde_json::Value) -> String {
+    let at = ev["at_ms"].as_u64().unwrap_or(0);
+    let clock = format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        at / 3_600_000 % 24,
+        at / 60_000 % 60,
+        at / 1000 % 60,
+        at % 1000
+    );
+    let event = ev["event"].as_str().unwrap_or("?");
+    if event == "overflow" {
+        return format!(
+            "{clock} UTC  overflow   {} events missed (this reader was too slow)",
+            ev["dropped"]
+        );
+    }
+    let mut detail = match (ev["status"].as_u64(), ev["error"].as_str()) {
+        (Some(code), _) => format!("HTTP {code} {}", reason(code))
+            .trim_end()
+            .to_string(),
+        (None, Some(err)) => err.to_string(),
+        (None, None) => String::new(),
+    };
+    if let Some(ms) = ev["duration_ms"].as_u64() {
+        detail.push_str(&format!(" ({ms} ms)"));
+    }
+    if let Some(ms) = ev["wait_ms"].as_u64() {
+        detail = format!("next attempt in {}", human_ms(ms));
+    }
+    format!(
+        "{clock} UTC  {event:<9}  {}  {}  attempt {}  {detail}",
+        ev["id"].as_str().unwrap_or("?"),
+        ev["host"].as_str().unwrap_or("?"),
+        ev["attempts"].as_u64().unwrap_or(0),
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// `ffclient top`: a row per host from `stats`, every second.
+fn top(connect: &dyn Fn() -> Result<Client, Failure>, once: bool) -> Result<ExitCode, Failure> {
+    let mut client = connect()?;
+    loop {
+        let st = client.stats()?;
+        let now = now_ms().unwrap_or(0);
+        let mut out = String::new();
+        if !once {
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        out.push_str(&format!(
+            "queued {}  in flight {}  delivered {}  dead letters {}  oldest pending {}\n\n",
+            st["queued"],
+            st["in_flight"],
+            st["delivered"],
+            st["dead_letters"],
+            st["oldest_pending_age_ms"]
+                .as_u64()
+                .map(human_ms)
+                .unwrap_or_else(|| "-".into()),
+        ));
+        out.push_str(&format!(
+            "{:<40} {:>8} {:>9} {:<10} {:>8}  {}\n",
+            "HOST", "PENDING", "IN FLIGHT", "BREAKER", "FAILURES", "LAST"
+        ));
+        for h in st["hosts"].as_array().into_iter().flatten() {
+            let failures = h["consecutive_failures"].as_u64().unwrap_or(0);
+            let breaker = if h["paused"] == true {
+                "open"
+            } else if failures > 0 {
+                "failing"
+            } else {
+                "closed"
+            };
+            let last = match (h["last_success_ms"].as_u64(), h["last_failure_ms"].as_u64()) {
+                (_, Some(f)) if failures > 0 => format!(
+                    "failed {} ago: {}",
+                    human_ms(now.saturating_sub(f)),
+                    h["last_error"].as_str().unwrap_or("")
+                ),
+                (Some(s), _) => format!("ok {} ago", human_ms(now.saturating_sub(s))),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "{:<40} {:>8} {:>9} {:<10} {:>8}  {last}\n",
+                h["host"].as_str().unwrap_or("?"),
+                h["pending"],
+                h["in_flight"],
+                breaker,
+                failures,
+            ));
+        }
+        print!("{out}");
+        if once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
@@ -207,6 +375,156 @@ fn unreachable_message(path: &std::path::Path, how: &str, e: &std::io::Error) ->
         "cannot reach ffd at {} ({how}): {e}\nffclient: {hint}",
         path.display()
     )
+}
+
+/// Takes `--json` out of the arguments; whether it was there.
+fn json_flag(args: &mut Vec<String>) -> bool {
+    let before = args.len();
+    args.retain(|a| a != "--json");
+    args.len() != before
+}
+
+/// A UTC time of day and how far from now: `12:00:01 UTC (3 min ago)`.
+fn when(at: u64) -> String {
+    let now = now_ms().unwrap_or(at);
+    let clock = format!(
+        "{:02}:{:02}:{:02} UTC",
+        at / 3_600_000 % 24,
+        at / 60_000 % 60,
+        at / 1000 % 60
+    );
+    let days = (at / 86_400_000).abs_diff(now / 86_400_000);
+    let day = if days == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({days} day{} {})",
+            if days == 1 { "" } else { "s" },
+            if at > now { "later" } else { "earlier" }
+        )
+    };
+    if at >= now {
+        format!("{clock}{day}, in {}", human_ms(at - now))
+    } else {
+        format!("{clock}{day}, {} ago", human_ms(now - at))
+    }
+}
+
+/// `ffclient status ID` for a person: the summary, then the details.
+fn status_text(st: &serde_json::Value) -> String {
+    let mut out = format!("{}\n", status_summary(st));
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<13}{v}\n"));
+    row("id", st["id"].as_str().unwrap_or("?").to_string());
+    if let (Some(m), Some(u)) = (st["method"].as_str(), st["url"].as_str()) {
+        row("request", format!("{m} {u}"));
+    }
+    let mut host = st["host"].as_str().unwrap_or("?").to_string();
+    if let Some(until) = st["host_paused_until_ms"].as_u64() {
+        host.push_str(&format!(
+            " (paused until {}: it keeps failing)",
+            when(until)
+        ));
+    }
+    row("host", host);
+    if let Some(a) = st["accepted_ms"].as_u64() {
+        row("accepted", when(a));
+    }
+    row(
+        "attempts",
+        format!("{} of {}", st["attempts"], st["max_attempts"]),
+    );
+    if let Some(n) = st["next_attempt_ms"].as_u64() {
+        row("next attempt", when(n));
+    }
+    if let Some(f) = st["finished_ms"].as_u64() {
+        row("finished", when(f));
+    } else if let Some(e) = st["expires_ms"].as_u64() {
+        row("gives up", when(e));
+    }
+    if let Some(e) = st["last_error"].as_str() {
+        row("last error", e.to_string());
+    }
+    if let Some(r) = st["response"].as_str() {
+        row("response", format!("{r:?}"));
+    }
+    if let Some(o) = st["owner"].as_u64() {
+        row("owner", format!("uid {o}"));
+    }
+    out
+}
+
+/// `ffclient stats` for a person.
+fn stats_text(st: &serde_json::Value) -> String {
+    let n = |k: &str| st[k].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "queued {}, in flight {}, dead letters {}; oldest pending {}\n",
+        n("queued"),
+        n("in_flight"),
+        n("dead_letters"),
+        st["oldest_pending_age_ms"]
+            .as_u64()
+            .map(human_ms)
+            .unwrap_or_else(|| "-".into())
+    );
+    out.push_str(&format!(
+        "since start ({}): {} accepted, {} delivered, {} retried, {} dead, {} expired, {} duplicates\n",
+        human_ms(n("uptime_ms")),
+        n("accepted"),
+        n("delivered"),
+        n("retried"),
+        n("dead"),
+        n("expired"),
+        n("duplicates")
+    ));
+    let rejected: Vec<String> = st["rejected"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !rejected.is_empty() {
+        out.push_str(&format!("rejected: {}\n", rejected.join(", ")));
+    }
+    let sp = &st["spool"];
+    out.push_str(&format!(
+        "spool: {} ({} bytes{}), {} connections\n",
+        sp["mode"].as_str().unwrap_or("?"),
+        sp["bytes"],
+        sp["dir"]
+            .as_str()
+            .map(|d| format!(" in {d}"))
+            .unwrap_or_default(),
+        n("connections")
+    ));
+    let now = now_ms().unwrap_or(0);
+    for h in st["hosts"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "host {}: {} pending, {} in flight",
+            h["host"].as_str().unwrap_or("?"),
+            h["pending"],
+            h["in_flight"]
+        );
+        if h["paused"] == true {
+            line.push_str(", PAUSED (keeps failing)");
+        }
+        if let Some(s) = h["last_success_ms"].as_u64() {
+            line.push_str(&format!(
+                ", last success {} ago",
+                human_ms(now.saturating_sub(s))
+            ));
+        }
+        if let Some(f) = h["last_failure_ms"].as_u64() {
+            line.push_str(&format!(
+                ", last failure {} ago ({})",
+                human_ms(now.saturating_sub(f)),
+                h["last_error"].as_str().unwrap_or("?")
+            ));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// One line for a person: where the request stands and why.

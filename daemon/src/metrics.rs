@@ -70,6 +70,8 @@ pub struct Metrics {
     pub host_breaker: Family<Labels2, Gauge>,
     /// `ffd_host_attempts_total{host,result}`.
     pub host_attempts: Family<Labels2, Counter>,
+    /// `ffd_tail_dropped_total`: events a slow `tail` reader missed.
+    pub tail_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -206,8 +208,15 @@ impl Metrics {
             "Delivery attempts per host by result",
             host_attempts.clone(),
         );
+        let tail_dropped = Counter::default();
+        r.register(
+            "ffd_tail_dropped",
+            "Events a slow tail reader missed (the ring is bounded; delivery never waits)",
+            tail_dropped.clone(),
+        );
         Metrics {
             registry: r,
+            tail_dropped,
             accepted,
             rejected,
             finished,

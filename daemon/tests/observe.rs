@@ -156,3 +156,123 @@ fn health_says_live_ready_and_why_it_is_yellow() {
     assert!(h["reasons"][0].as_str().unwrap().contains("paused"), "{h}");
     assert_eq!(get(port, "/nope").0, 404);
 }
+
+#[test]
+fn tail_streams_events_and_filters_them() {
+    let sink = Sink::with(|r, _| match r.path.as_str() {
+        "/gone" => Reply::status(404),
+        _ => Reply::status(200),
+    });
+    let d = Daemon::start(support::FAST);
+    let all = d.client().tail(serde_json::Map::new()).unwrap();
+    let mut filter = serde_json::Map::new();
+    filter.insert("events".into(), serde_json::json!(["dead"]));
+    let dead_only = d.client().tail(filter).unwrap();
+    let ok = d
+        .client()
+        .send(&Request::get(&sink.url("/ok")).id("tail-ok"))
+        .unwrap();
+    d.client()
+        .send(&Request::get(&sink.url("/gone")).id("tail-gone"))
+        .unwrap();
+    // Every step of the first request, in order.
+    let steps: Vec<Value> = all
+        .map(|e| e.unwrap())
+        .filter(|e| e["id"] == ok.as_str())
+        .take(3)
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["accepted", "attempt", "delivered"], "{steps:?}");
+    assert_eq!(steps[1]["status"], 200);
+    assert!(steps[1]["duration_ms"].is_u64());
+    // The filtered stream has the dead one only.
+    let first = dead_only.map(|e| e.unwrap()).next().unwrap();
+    assert_eq!(first["event"], "dead", "{first}");
+    assert_eq!(first["id"], "tail-gone");
+    assert_eq!(first["status"], 404);
+}
+
+#[test]
+fn a_tail_that_never_reads_slows_nothing_and_is_told_what_it_missed() {
+    let sink = Sink::start();
+    let d = Daemon::start(support::FAST);
+    // Asks for a tail, then reads nothing while ffd works.
+    let mut stalled = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    stalled.write_all(b"{\"op\":\"tail\"}\n").unwrap();
+    let n = 20_000;
+    {
+        let mut c = d.client();
+        let mut p = c.pipeline();
+        for i in 0..n {
+            p.send(&Request::get(&sink.url(&format!("/t/{i}"))))
+                .unwrap();
+        }
+        p.finish().unwrap();
+    }
+    d.wait_stats("all delivered", T, |s| s["delivered"] == n);
+    // Now it reads: among the lines, the count of what it missed.
+    stalled.set_read_timeout(Some(T)).unwrap();
+    let mut reader = std::io::BufReader::new(stalled);
+    let mut line = String::new();
+    let mut dropped = 0;
+    for _ in 0..(3 * n + 10) {
+        line.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("\"overflow\"") {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            dropped = v["dropped"].as_u64().unwrap();
+            break;
+        }
+    }
+    assert!(dropped > 0, "no overflow reported");
+}
+
+fn ffclient(d: &Daemon, args: &[&str]) -> String {
+    let out = Command::new(support::bin("ffclient"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn status_reads_as_words_keeps_a_delivered_request_and_tells_a_pause() {
+    let sink = Sink::with(|r, _| match r.path.starts_with("/ok") {
+        true => Reply::status(200),
+        false => Reply::status(503),
+    });
+    let d = Daemon::start(
+        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown_ms = 60000\nbackoff_base_ms = 60000\n",
+    );
+    let ok = d
+        .client()
+        .send(&Request::get(&sink.url("/ok?token=secret")))
+        .unwrap();
+    d.wait_stats("delivered", T, |s| s["delivered"] == 1);
+    let text = ffclient(&d, &["status", &ok]);
+    assert!(
+        text.starts_with("delivered: HTTP 200 OK after 1 attempt"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("GET {}", sink.url("/ok"))), "{text}");
+    assert!(!text.contains("secret"), "the query stays out: {text}");
+    let raw: Value = serde_json::from_str(&ffclient(&d, &["status", &ok, "--json"])).unwrap();
+    assert_eq!(raw["state"], "delivered");
+    // A request behind a paused host says so, and until when.
+    let first = d.client().send(&Request::get(&sink.url("/down"))).unwrap();
+    d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
+    let text = ffclient(&d, &["status", &first]);
+    assert!(text.starts_with("retrying: HTTP 503"), "{text}");
+    assert!(text.contains("paused until"), "{text}");
+    let stats = ffclient(&d, &["stats"]);
+    assert!(stats.contains("PAUSED"), "{stats}");
+}

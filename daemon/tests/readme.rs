@@ -277,8 +277,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Polls `ffclient status ID` until its summary line (stderr) starts with
-/// `prefix`; returns that line.
+/// Polls `ffclient status ID` until its summary (the first line) starts
+/// with `prefix`; returns that line.
 fn wait_status(sock: &str, id: &str, prefix: &str) -> String {
     let deadline = Instant::now() + T;
     loop {
@@ -287,7 +287,12 @@ fn wait_status(sock: &str, id: &str, prefix: &str) -> String {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0));
-        let summary = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let summary = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if summary.starts_with(prefix) {
             return summary;
         }

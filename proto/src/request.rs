@@ -104,7 +104,31 @@ pub enum ControlOp {
     Replay(Selection),
     /// Forget dead letters.
     Purge(Selection),
+    /// Stream one line per event until the connection closes.
+    Tail(TailFilter),
 }
+
+/// Which events a `tail` streams (all when every field is empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailFilter {
+    /// Only requests to this host: `host`, `host:port` or `scheme://host:port`.
+    pub host: Option<String>,
+    /// Only requests to this named destination's host.
+    pub dest: Option<String>,
+    /// Only these events (`accepted`, `attempt`, `retry`, `delivered`,
+    /// `dead`, `expired`).
+    pub events: Vec<String>,
+}
+
+/// The events `tail` knows.
+pub const TAIL_EVENTS: [&str; 6] = [
+    "accepted",
+    "attempt",
+    "retry",
+    "delivered",
+    "dead",
+    "expired",
+];
 
 /// Which dead letters a `replay` or `purge` acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +161,8 @@ struct RawLine<'a> {
     delay_ms: Option<u64>,
     limit: Option<usize>,
     all: Option<bool>,
+    host: Option<String>,
+    events: Option<Vec<String>>,
 }
 
 /// Headers given either as an object or as a list of `[name, value]` pairs.
@@ -219,9 +245,10 @@ fn validate(raw: RawLine) -> Result<Line, ProtoError> {
 fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
     let name: String = serde_json::from_str(op.get())
         .map_err(|_| ProtoError::bad_request("field `op` must be a string"))?;
+    let is_tail = name == "tail";
     let send_field = [
         ("url", raw.url.is_some()),
-        ("dest", raw.dest.is_some()),
+        ("dest", raw.dest.is_some() && !is_tail),
         ("path", raw.path.is_some()),
         ("method", raw.method.is_some()),
         ("headers", raw.headers.is_some()),
@@ -245,6 +272,8 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
             ("id", raw.id.is_some()),
             ("limit", raw.limit.is_some()),
             ("all", raw.all.is_some()),
+            ("host", raw.host.is_some()),
+            ("events", raw.events.is_some()),
         ] {
             if present && !allowed.contains(&field) {
                 return Err(ProtoError::bad_request(format!(
@@ -286,15 +315,36 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
             no_extra(&["id", "all"])?;
             selection(raw.id, raw.all).map(ControlOp::Purge)
         }
+        "tail" => {
+            no_extra(&["host", "events"])?;
+            let events = raw.events.unwrap_or_default();
+            if let Some(bad) = events.iter().find(|e| !TAIL_EVENTS.contains(&e.as_str())) {
+                return Err(ProtoError::bad_request(format!(
+                    "unknown event {} in `events` (known: {})",
+                    show(bad),
+                    TAIL_EVENTS.join(", ")
+                )));
+            }
+            Ok(ControlOp::Tail(TailFilter {
+                host: raw.host,
+                dest: raw.dest,
+                events,
+            }))
+        }
         other => Err(ProtoError::new(
             ErrorCode::UnknownOp,
-            format!("unknown op `{other}` (known: ping, stats, status, dead, replay, purge)"),
+            format!("unknown op `{other}` (known: ping, stats, status, dead, replay, purge, tail)"),
         )),
     }
 }
 
 fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
-    for (field, present) in [("limit", raw.limit.is_some()), ("all", raw.all.is_some())] {
+    for (field, present) in [
+        ("limit", raw.limit.is_some()),
+        ("all", raw.all.is_some()),
+        ("host", raw.host.is_some()),
+        ("events", raw.events.is_some()),
+    ] {
         if present {
             return Err(ProtoError::bad_request(format!(
                 "field `{field}` belongs to control ops; a send has no `{field}`"
@@ -760,6 +810,18 @@ mod tests {
             other => panic!("{l}: {other:?}"),
         };
         assert_eq!(op(r#"{"op":"ping"}"#), ControlOp::Ping);
+        assert_eq!(
+            op(r#"{"op":"tail","host":"h:80","dest":"hooks","events":["dead","expired"]}"#),
+            ControlOp::Tail(TailFilter {
+                host: Some("h:80".into()),
+                dest: Some("hooks".into()),
+                events: vec!["dead".into(), "expired".into()],
+            })
+        );
+        assert_eq!(
+            op(r#"{"op":"tail"}"#),
+            ControlOp::Tail(TailFilter::default())
+        );
         assert_eq!(op(r#"{"op":"stats"}"#), ControlOp::Stats);
         assert_eq!(
             op(r#"{"op":"status","id":"a"}"#),

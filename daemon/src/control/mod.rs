@@ -8,6 +8,7 @@ mod purge;
 mod replay;
 mod stats;
 mod status;
+pub mod tail;
 
 use crate::scheduler::{Engine, EntryView, Viewer};
 use ffd_proto::{ControlOp, ProtoError, Selection};
@@ -54,6 +55,11 @@ pub fn handle(op: ControlOp, engine: &Engine, peer: Peer, out: &mut Vec<u8>) {
         ControlOp::Dead { limit } => dead::run(engine, peer, limit),
         ControlOp::Replay(sel) => replay::run(engine, peer, &sel),
         ControlOp::Purge(sel) => purge::run(engine, peer, &sel),
+        // Taken over by the connection (it streams); never answered here.
+        ControlOp::Tail(_) => Err(ProtoError::new(
+            ffd_proto::ErrorCode::Internal,
+            "tail is served by the connection",
+        )),
     };
     match result {
         Ok((key, value)) => ffd_proto::write_ok_value(out, key, &value),
@@ -101,5 +107,6 @@ fn entry_json(v: &EntryView) -> Value {
         "last_status": v.last_status,
         "last_error": v.last_error,
         "response": v.response,
+        "host_paused_until_ms": v.host_paused_until_ms,
     })
 }

@@ -6,14 +6,17 @@
 //! a pipelining client costs one spool write and one socket write per read,
 //! not per line; answers still go out in the order of the lines.
 
+use crate::control::tail::Tail;
 use crate::control::{self, Peer};
 use crate::scheduler::Engine;
+use crate::scheduler::Event;
 use crate::shutdown::Shutdown;
-use ffd_proto::{ErrorCode, Line, ProtoError, SendRequest};
+use ffd_proto::{ControlOp, ErrorCode, Line, ProtoError, SendRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::broadcast::Receiver;
 use tracing::debug;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,6 +33,8 @@ enum Slot {
 struct Batch {
     slots: Vec<Slot>,
     sends: Vec<SendRequest>,
+    /// A `tail` asked for: after this batch, the connection streams events.
+    tail: Option<(Receiver<Arc<Event>>, Tail)>,
     /// When its bytes were read: the start of each send's ACK time.
     started: Instant,
 }
@@ -39,6 +44,7 @@ impl Batch {
         Batch {
             slots: Vec::new(),
             sends: Vec::new(),
+            tail: None,
             started: Instant::now(),
         }
     }
@@ -110,6 +116,10 @@ pub async fn serve(
         let mut batch = Batch::new();
         let mut data = &chunk[..n];
         while let Some(pos) = memchr::memchr(b'\n', data) {
+            if batch.tail.is_some() {
+                // The connection is a tail now: later lines are not read.
+                break;
+            }
             let piece = &data[..pos];
             data = &data[pos + 1..];
             if discarding {
@@ -143,6 +153,11 @@ pub async fn serve(
             .await
             .is_err()
         {
+            return;
+        }
+        if let Some((rx, filter)) = batch.tail.take() {
+            super::tail::stream(&engine, rx, filter, &mut rd, &mut wr, &mut shutdown).await;
+            let _ = wr.shutdown().await;
             return;
         }
     }
@@ -185,6 +200,20 @@ async fn handle_line(
         Ok(Line::Send(req)) => {
             batch.slots.push(Slot::Send(batch.sends.len()));
             batch.sends.push(req);
+        }
+        Ok(Line::Op(ControlOp::Tail(f))) => {
+            if !batch.sends.is_empty() {
+                let _ = flush(batch, engine, peer, out, wr).await;
+            }
+            // Subscribed before the answer: no event is missed in between.
+            let rx = engine.subscribe();
+            match control::tail::start(engine, peer, f) {
+                Ok((answer, filter)) => {
+                    batch.slots.push(Slot::Ready(answer));
+                    batch.tail = Some((rx, filter));
+                }
+                Err(e) => push_error(batch, engine, e),
+            }
         }
         Ok(Line::Op(op)) => {
             // An op sees the effect of every send before it on the connection.

@@ -6,3 +6,4 @@
 pub mod conn;
 pub mod gate;
 pub mod listener;
+pub mod tail;

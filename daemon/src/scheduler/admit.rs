@@ -334,6 +334,7 @@ impl Engine {
                 last_status: None,
                 last_error: None,
                 snippet: None,
+                delivered_request: None,
                 dead_seq: 0,
             },
         );
@@ -379,6 +380,8 @@ impl State {
             timers: &mut self.timers,
             expiry: &mut self.expiry,
         };
-        place(e, &job.key, job.not_before_ms, false, now_ms(), &mut q)
+        let kick = place(e, &job.key, job.not_before_ms, false, now_ms(), &mut q);
+        self.emit("accepted", &job.key, |_| {});
+        kick
     }
 }

@@ -44,6 +44,11 @@ impl Breaker {
         self.failures
     }
 
+    /// Until when it is paused (Unix ms; in the past when it is not).
+    pub fn paused_until(&self) -> u64 {
+        self.paused_until
+    }
+
     /// Paused at `now`.
     pub fn paused(&self, now: u64) -> bool {
         self.paused_until > now

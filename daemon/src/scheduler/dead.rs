@@ -42,18 +42,28 @@ pub struct EntryView {
     pub last_error: Option<String>,
     /// First bytes of the last response.
     pub response: Option<String>,
+    /// Until when its host is paused by the breaker, if it is.
+    pub host_paused_until_ms: Option<u64>,
 }
 
 fn view(key: &str, e: &Entry, st: &State) -> EntryView {
     let owned = e.owner != NO_OWNER;
+    let (method, url) = match e
+        .delivered_request
+        .as_deref()
+        .and_then(|r| r.split_once(' '))
+    {
+        Some((m, u)) => (Some(m.to_string()), Some(u.to_string())),
+        None => (None, None),
+    };
     EntryView {
         id: client_id(key, owned).to_string(),
         owner: owned.then_some(e.owner),
         phase: e.phase,
         attempts: e.attempts,
         max_attempts: e.max_attempts,
-        method: None,
-        url: None,
+        method,
+        url,
         host: st.hosts[e.host as usize].key.clone(),
         accepted_ms: e.accepted_ms,
         next_attempt_ms: (e.phase == Phase::Waiting && e.next_ms != u64::MAX).then_some(e.next_ms),
@@ -62,6 +72,10 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
         last_status: e.last_status,
         last_error: e.last_error.as_deref().map(Into::into),
         response: e.snippet.as_deref().map(Into::into),
+        host_paused_until_ms: {
+            let b = &st.hosts[e.host as usize].breaker;
+            (e.phase.is_pending() && b.paused(now_ms())).then(|| b.paused_until())
+        },
     }
 }
 
@@ -106,6 +120,9 @@ impl Engine {
 
     /// Method and URL, read back from the spool outside the state lock.
     fn add_request(&self, r: &JobRef, v: &mut EntryView) {
+        if v.method.is_some() {
+            return;
+        }
         if let Ok(job) = self.load(r) {
             v.method = Some(job.method.as_str().into());
             v.url = Some(job.uri.to_string());

@@ -148,6 +148,9 @@ impl State {
                 s.record(&id, e.job.loc(), Outcome::expired(e.attempts, now));
             }
             self.end(&id, Phase::Expired, now, cfg.status_history);
+            self.emit("expired", &id, |ev| {
+                ev.error = Some("ttl passed while queued".into())
+            });
             warn!(id = %id, "ttl passed while queued; expired");
         }
     }
@@ -192,6 +195,9 @@ impl State {
                     s.record(&id, e.job.loc(), Outcome::expired(e.attempts, now));
                 }
                 self.end(&id, Phase::Expired, now, cfg.status_history);
+                self.emit("expired", &id, |ev| {
+                    ev.error = Some("ttl passed before delivery".into())
+                });
                 warn!(id = %id, "ttl passed before delivery; expired");
                 continue;
             }

@@ -91,6 +91,9 @@ pub(crate) struct Entry {
     pub(crate) last_status: Option<u16>,
     pub(crate) last_error: Option<Arc<str>>,
     pub(crate) snippet: Option<Box<str>>,
+    /// `METHOD url` (query left out) of a delivered request, whose body
+    /// and record are gone: what `status` still shows of it.
+    pub(crate) delivered_request: Option<Box<str>>,
     /// Key in `State::dead` while a dead letter.
     pub(crate) dead_seq: u64,
 }

@@ -24,6 +24,7 @@ mod gauges;
 mod lanes;
 mod outcome;
 mod restore;
+mod tail;
 
 pub use admit::{Accepted, Admitted};
 pub use breaker::{Breaker, BreakerConfig, Trip};
@@ -32,6 +33,7 @@ pub use entry::Phase;
 pub use gauges::Health;
 pub use lanes::Lanes;
 pub use restore::RestoreResult;
+pub use tail::{Event, TAIL_BUFFER};
 
 use crate::clock::now_ms;
 use crate::config::{Config, DeliveryConfig, WhenFull};
@@ -124,6 +126,8 @@ struct State {
     draining: bool,
     counters: Counters,
     metrics: Arc<Metrics>,
+    /// Subscribers of `tail`.
+    tail: tokio::sync::broadcast::Sender<Arc<tail::Event>>,
     /// Host keys of the named destinations: always a metrics label.
     dest_hosts: std::collections::HashSet<String>,
 }
@@ -273,6 +277,7 @@ impl Engine {
                 draining: false,
                 counters: Counters::default(),
                 metrics: metrics.clone(),
+                tail: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
                 dest_hosts: dest_hosts(cfg),
             }),
             wake: Notify::new(),

@@ -13,7 +13,7 @@ use crate::job::Job;
 use crate::spool::{Kind, Outcome, Spool};
 use std::cmp::Reverse;
 use std::sync::Arc;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 fn backoff(d: &DeliveryConfig) -> Backoff {
     Backoff {
@@ -38,6 +38,7 @@ impl Engine {
             let at = e.job.loc();
             error!(id = %id, error = %error, "cannot load request from the spool; kept as dead letter");
             st.end(id, Phase::Dead, now, history);
+            st.emit("dead", id, |ev| ev.error = Some(error.clone()));
             if let Some(s) = &self.spool {
                 let mut o = Outcome::expired(attempts, now);
                 o.kind = Kind::Dead;
@@ -123,16 +124,27 @@ impl State {
         let accepted_ms = e.accepted_ms;
         // Only built when a log line will be written.
         let url = tracing::field::display(crate::job::Redacted(&job.uri));
-        let h = &mut self.hosts[host as usize];
         let result = a.result();
         self.metrics.attempt(result);
         self.metrics
             .host_attempts
-            .get_or_create(&[("host", h.label.clone()), ("result", result.to_string())])
+            .get_or_create(&[
+                ("host", self.hosts[host as usize].label.clone()),
+                ("result", result.to_string()),
+            ])
             .inc();
         let mut kick = false;
+        self.emit("attempt", id, |ev| {
+            ev.status = a.status;
+            ev.error = a.error.clone();
+            ev.duration_ms = Some(now.saturating_sub(a.started_ms));
+        });
+        let h = &mut self.hosts[host as usize];
         let end = match a.verdict {
             Verdict::Success => {
+                if h.breaker.failures() > 0 {
+                    info!(host = %h.key, "host recovered: deliveries to it succeed again");
+                }
                 kick |= h.breaker.answered(now, dcfg.breaker_threshold);
                 h.last_success_ms = now;
                 self.metrics
@@ -143,6 +155,9 @@ impl State {
             }
             Verdict::Final => {
                 // The host answered: it is alive, whatever it thought of the request.
+                if h.breaker.failures() > 0 {
+                    info!(host = %h.key, "host recovered: it answers again");
+                }
                 kick |= h.breaker.answered(now, dcfg.breaker_threshold);
                 h.last_failure_ms = now;
                 h.last_error = err;
@@ -150,6 +165,10 @@ impl State {
                 Some(Phase::Dead)
             }
             Verdict::Retry => {
+                if h.breaker.failures() == 0 && !h.breaker.paused(now) {
+                    // Once per failing streak: the per-request retries are at debug.
+                    info!(host = %h.key, error = a.error.as_deref(), status = a.status, "host started failing; requests to it will be retried");
+                }
                 h.last_failure_ms = now;
                 h.last_error = err;
                 let cfg = BreakerConfig {
@@ -166,6 +185,7 @@ impl State {
                     Err(end) => Some(end),
                     Ok((at, scheduled)) => {
                         kick |= scheduled;
+                        self.emit("retry", id, |ev| ev.wait_ms = Some(at.saturating_sub(now)));
                         if let Some(s) = spool {
                             s.record(id, here, outcome_of(Kind::Retry, attempts, at, a, now));
                         }
@@ -175,7 +195,17 @@ impl State {
             }
         };
         if let Some(phase) = end {
+            if phase == Phase::Delivered {
+                if let Some(e) = self.entries.get_mut(id) {
+                    e.delivered_request =
+                        Some(format!("{} {}", job.method, crate::job::Redacted(&job.uri)).into());
+                }
+            }
             self.end(id, phase, now, dcfg.status_history);
+            self.emit(phase.as_str(), id, |ev| {
+                ev.status = a.status;
+                ev.error = a.error.clone();
+            });
             if let Some(s) = spool {
                 s.record(id, here, outcome_of(phase.kind(), attempts, 0, a, now));
             }

@@ -1,0 +1,88 @@
+//! `tail`: a live stream of events, one JSON line each, until the client
+//! closes the connection. The op answers once (`{"ok":true,"tail":...}`),
+//! then the connection carries events only (ingest streams them).
+
+use super::Peer;
+use crate::scheduler::{Engine, Event};
+use ffd_proto::{ErrorCode, ProtoError, TailFilter};
+use serde_json::json;
+
+/// A `tail` filter, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    host: Option<String>,
+    events: Vec<String>,
+    /// Who is watching: a user sees only their own requests.
+    peer: Peer,
+}
+
+/// Checks the filter; the answer line and the resolved filter.
+pub fn start(engine: &Engine, peer: Peer, f: TailFilter) -> Result<(Vec<u8>, Tail), ProtoError> {
+    let host = match (&f.dest, &f.host) {
+        (Some(name), _) => Some(engine.dest_host(name).ok_or_else(|| {
+            ProtoError::new(
+                ErrorCode::UnknownDest,
+                format!("no destination named {name:?} in the config"),
+            )
+        })?),
+        (None, Some(h)) => Some(h.to_ascii_lowercase()),
+        (None, None) => None,
+    };
+    let mut out = Vec::new();
+    let value = json!({"host": host, "events": f.events, "own_requests_only": !peer.admin});
+    ffd_proto::write_ok_value(&mut out, "tail", &value);
+    Ok((
+        out,
+        Tail {
+            host,
+            events: f.events,
+            peer,
+        },
+    ))
+}
+
+impl Tail {
+    /// Whether this subscriber gets `ev`.
+    pub fn wants(&self, ev: &Event) -> bool {
+        if !self.peer.admin && (ev.owner.is_none() || ev.owner != self.peer.uid) {
+            return false;
+        }
+        if !self.events.is_empty() && !self.events.iter().any(|e| e == ev.event) {
+            return false;
+        }
+        match &self.host {
+            None => true,
+            Some(h) => host_matches(&ev.host, h),
+        }
+    }
+}
+
+/// `host` as given (`h`, `h:port` or `scheme://h:port`) against a host key
+/// (`scheme://h:port`).
+fn host_matches(key: &str, want: &str) -> bool {
+    if key == want {
+        return true;
+    }
+    let hostport = key.split_once("://").map_or(key, |(_, hp)| hp);
+    hostport == want || hostport.rsplit_once(':').is_some_and(|(h, _)| h == want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_matches;
+
+    #[test]
+    fn a_host_filter_takes_any_of_the_usual_forms() {
+        let key = "https://hooks.example:443";
+        for want in [
+            "https://hooks.example:443",
+            "hooks.example:443",
+            "hooks.example",
+        ] {
+            assert!(host_matches(key, want), "{want}");
+        }
+        for want in ["hooks", "example:443", "http://hooks.example:443"] {
+            assert!(!host_matches(key, want), "{want}");
+        }
+    }
+}

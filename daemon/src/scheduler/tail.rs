@@ -1,0 +1,88 @@
+//! Events for `tail`: one per step of a request (accepted, attempt, retry,
+//! delivered, dead, expired), sent to every subscriber through a bounded
+//! broadcast ring. Nothing is built unless someone listens, and a slow
+//! reader never slows delivery: it falls behind the ring and is told how
+//! many events it missed.
+
+use super::entry::NO_OWNER;
+use super::{Engine, State};
+use crate::clock::now_ms;
+use crate::job::client_id;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Events kept for slow subscribers before they miss some.
+pub const TAIL_BUFFER: usize = 4096;
+
+/// One step of one request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Event {
+    /// `accepted`, `attempt`, `retry`, `delivered`, `dead` or `expired`.
+    pub event: &'static str,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The request's id, as its sender knows it.
+    pub id: String,
+    /// The sender's uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    /// `scheme://host:port`.
+    pub host: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// HTTP status of the attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the attempt took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// How long until the next attempt (`retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+impl Engine {
+    /// A new subscriber to the events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.lock().tail.subscribe()
+    }
+
+    /// The host key of a named destination, for a `tail` filter.
+    pub fn dest_host(&self, name: &str) -> Option<String> {
+        let dests = self
+            .destinations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        dests.get(name).map(|(uri, _)| crate::job::host_key(uri))
+    }
+}
+
+impl State {
+    /// Sends an event about the request `key`, if anyone listens; `fill`
+    /// adds the event's own fields.
+    pub(super) fn emit(&self, event: &'static str, key: &str, fill: impl FnOnce(&mut Event)) {
+        if self.tail.receiver_count() == 0 {
+            return;
+        }
+        let Some(e) = self.entries.get(key) else {
+            return;
+        };
+        let owned = e.owner != NO_OWNER;
+        let mut ev = Event {
+            event,
+            at_ms: now_ms(),
+            id: client_id(key, owned).to_string(),
+            owner: owned.then_some(e.owner),
+            host: self.hosts[e.host as usize].key.clone(),
+            attempts: e.attempts,
+            ..Event::default()
+        };
+        fill(&mut ev);
+        let _ = self.tail.send(Arc::new(ev));
+    }
+}
