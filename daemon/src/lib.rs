@@ -15,6 +15,7 @@ pub mod id;
 pub mod ingest;
 pub mod job;
 pub mod logging;
+pub mod policy;
 pub mod scheduler;
 pub mod shutdown;
 pub mod spool;
@@ -60,7 +61,7 @@ async fn serve(
     activated: Option<std::os::unix::net::UnixListener>,
     reload_log: logging::ReloadLog,
 ) -> Result<()> {
-    let deliverer = delivery::Deliverer::new(&cfg.delivery)?;
+    let deliverer = delivery::Deliverer::new(&cfg)?;
     let (trigger, shutdown) = shutdown::channel();
     let spool = open_spool(&cfg, &shutdown)?;
     let engine = Engine::new(&cfg, deliverer, spool.clone());

@@ -2,7 +2,7 @@
 //! came to (status, `Retry-After`, a short error, the first response bytes).
 
 use super::retry::{classify_status, parse_retry_after, Verdict};
-use super::Deliverer;
+use super::{Deliverer, HttpClient};
 use crate::clock::now_ms;
 use crate::job::Job;
 use bytes::Bytes;
@@ -35,9 +35,21 @@ impl Deliverer {
     /// Makes one attempt, bounded by the job's timeout (response body included).
     pub async fn attempt(&self, job: &Job) -> Attempt {
         let started_ms = now_ms();
-        let req = self.build_request(job);
+        let (client, req) = match self.build_request(job) {
+            Ok(r) => r,
+            Err(error) => {
+                return Attempt {
+                    verdict: Verdict::Final,
+                    status: None,
+                    retry_after_ms: None,
+                    error: Some(error),
+                    snippet: None,
+                    started_ms,
+                }
+            }
+        };
         let timeout = Duration::from_millis(job.timeout_ms);
-        let mut a = match tokio::time::timeout(timeout, self.exchange(req)).await {
+        let mut a = match tokio::time::timeout(timeout, self.exchange(&client, req)).await {
             Ok(a) => a,
             Err(_) => Attempt {
                 verdict: Verdict::Retry,
@@ -52,18 +64,25 @@ impl Deliverer {
         a
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Attempt {
-        let resp = match self.client.request(req).await {
+    async fn exchange(&self, client: &HttpClient, req: Request<Full<Bytes>>) -> Attempt {
+        let resp = match client.request(req).await {
             Ok(r) => r,
             Err(e) => {
+                // The destination policy's refusal is final: nothing was
+                // dialled, and retrying would dial nothing either.
+                let denied = super::connect::denied_in(&e);
                 return Attempt {
-                    verdict: Verdict::Retry,
+                    verdict: if denied.is_some() {
+                        Verdict::Final
+                    } else {
+                        Verdict::Retry
+                    },
                     status: None,
                     retry_after_ms: None,
-                    error: Some(error_chain(&e)),
+                    error: Some(denied.unwrap_or_else(|| error_chain(&e))),
                     snippet: None,
                     started_ms: 0,
-                }
+                };
             }
         };
         let status = resp.status().as_u16();
