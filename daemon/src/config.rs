@@ -90,6 +90,8 @@ pub struct Config {
     pub destinations: BTreeMap<String, Destination>,
     /// The metrics and health endpoint.
     pub metrics: MetricsConfig,
+    /// Where ffd may dial.
+    pub policy: PolicyConfig,
 }
 
 /// `[metrics]`: Prometheus metrics and health checks over HTTP.
@@ -125,6 +127,31 @@ impl MetricsConfig {
             Err(_) => bail!(
                 "key `metrics.listen`: {l:?} is neither an address with a port (127.0.0.1:9464) nor an absolute socket path"
             ),
+        }
+    }
+}
+
+/// The destination policy: which addresses ffd may dial, and whether sends
+/// may name a raw `url` at all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// CIDRs or range names ffd refuses to dial.
+    pub deny: Vec<String>,
+    /// CIDRs or range names ffd may dial even when `deny` matches (allow wins).
+    pub allow: Vec<String>,
+    /// `false`: sends must name a destination; a send with `url` is refused.
+    pub raw_urls: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            deny: ["link-local", "metadata", "unspecified", "multicast"]
+                .map(String::from)
+                .to_vec(),
+            allow: Vec::new(),
+            raw_urls: true,
         }
     }
 }
@@ -189,17 +216,130 @@ pub struct DeliveryConfig {
     pub pool_idle_per_host: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout_ms: u64,
+    /// Proxy for every request (`http://[user:pass@]host:port`), instead of
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`; `""`: no proxy, whatever the
+    /// environment says.
+    pub proxy: Option<SecretString>,
+    /// Hosts reached without the proxy (curl's `NO_PROXY` syntax), instead
+    /// of `NO_PROXY`.
+    pub no_proxy: Option<String>,
 }
 
 /// A named destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Destination {
     /// Base URL; a send's `path` is appended to it.
     pub url: String,
     /// Headers added to every request to this destination (the request's own win).
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Standard Webhooks secrets (`whsec_` + base64): each attempt carries
+    /// one signature per secret.
+    pub signing_secrets: Vec<SecretString>,
+    /// Files holding one secret each; a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`).
+    pub signing_secret_files: Vec<PathBuf>,
+    /// Per-attempt timeout (a send's own wins), else `delivery.timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// Attempts (a send's own wins), else `delivery.max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// Lifetime (a send's own wins), else `delivery.ttl_ms`.
+    pub ttl_ms: Option<u64>,
+    /// Retry waits, else the `delivery` ones.
+    pub backoff_base_ms: Option<u64>,
+    /// Growth of the wait cap per attempt.
+    pub backoff_multiplier: Option<u32>,
+    /// Largest wait between two attempts.
+    pub backoff_max_ms: Option<u64>,
+    /// Requests in flight at once to this destination, else
+    /// `delivery.max_in_flight_per_host`.
+    pub max_in_flight: Option<usize>,
+    /// Attempts started per second at most (token bucket, bursts of up to
+    /// one second's worth); waiting requests stay queued.
+    pub rate_per_s: Option<f64>,
+    /// PEM CA certificates trusted for this destination (beside the
+    /// system roots and `delivery.ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for receivers that require mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// A secret from the config: deserialised like a string, never shown by
+/// `Debug` (configs are printed in errors and logs).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Smallest secret accepted, in bytes: Standard Webhooks asks for 24 to 64.
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// Decodes a Standard Webhooks secret: `whsec_` then base64. The error
+/// says what is wrong without repeating the value.
+pub fn decode_secret(text: &str) -> std::result::Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let Some(b64) = text.strip_prefix("whsec_") else {
+        return Err("not a Standard Webhooks secret: must start with `whsec_`".into());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| {
+            "not a Standard Webhooks secret: what follows `whsec_` is not base64".to_string()
+        })?;
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "secret too short: {} bytes, at least {MIN_SECRET_BYTES} needed",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+impl Destination {
+    /// Every signing secret, decoded: the inline ones, then one per file.
+    /// Errors name the key (and the file), never the secret.
+    pub fn signing_keys(&self, name: &str) -> Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        for (i, s) in self.signing_secrets.iter().enumerate() {
+            let k = decode_secret(&s.0).map_err(|e| {
+                anyhow::anyhow!("key `destinations.{name}.signing_secrets[{i}]`: {e}")
+            })?;
+            keys.push(k);
+        }
+        for (i, f) in self.signing_secret_files.iter().enumerate() {
+            let key = format!("destinations.{name}.signing_secret_files[{i}]");
+            let path = credential_path(f).map_err(|e| anyhow::anyhow!("key `{key}`: {e}"))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("key `{key}`: cannot read {}: {e}", path.display()))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            let k = decode_secret(text)
+                .map_err(|e| anyhow::anyhow!("key `{key}`: {}: {e}", path.display()))?;
+            keys.push(k);
+        }
+        Ok(keys)
+    }
+}
+
+/// An absolute path as is; a relative one inside `$CREDENTIALS_DIRECTORY`.
+pub fn credential_path(p: &Path) -> std::result::Result<PathBuf, String> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(Path::new(&dir).join(p)),
+        None => Err(format!(
+            "{} is relative, and $CREDENTIALS_DIRECTORY (where relative secret files are looked up) is not set",
+            p.display()
+        )),
+    }
 }
 
 impl Default for Config {
@@ -220,6 +360,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             destinations: BTreeMap::new(),
             metrics: MetricsConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -259,6 +400,8 @@ impl Default for DeliveryConfig {
             status_history: 100_000,
             pool_idle_per_host: 32,
             pool_idle_timeout_ms: 90_000,
+            proxy: None,
+            no_proxy: None,
         }
     }
 }
@@ -393,11 +536,30 @@ impl Config {
             }
         }
         self.metrics.listen()?;
+        if let Some(SecretString(p)) = &d.proxy {
+            if !p.is_empty() {
+                check_proxy_url(p).map_err(|e| anyhow::anyhow!("key `delivery.proxy`: {e}"))?;
+            }
+        }
+        let policy =
+            crate::policy::Policy::new(&self.policy.deny, &self.policy.allow, self.policy.raw_urls)
+                .map_err(|e| anyhow::anyhow!("key `policy.{e}"))?;
         for (name, dest) in &self.destinations {
             let key = format!("destinations.{name}");
             if let Err(e) = ffd_proto::validate_url(&dest.url) {
                 bail!("key `{key}.url`: {}", e.message.replace("`url` ", ""));
             }
+            if let Some(host) = dest
+                .url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(String::from))
+            {
+                if let Err(denied) = policy.check_host(&host) {
+                    bail!("key `{key}.url`: {denied}");
+                }
+            }
+            self.validate_destination(name, dest)?;
             if dest.url.contains('?') {
                 bail!("key `{key}.url`: a destination URL must not have a query; sends add it with `path`");
             }
@@ -413,6 +575,66 @@ impl Config {
                     bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set");
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_destination(&self, name: &str, dest: &Destination) -> Result<()> {
+        let key = format!("destinations.{name}");
+        dest.signing_keys(name)?;
+        let at_least = |k: &str, v: Option<u64>, min: u64| -> Result<()> {
+            match v {
+                Some(v) if v < min => bail!("key `{key}.{k}`: must be at least {min}, got {v}"),
+                _ => Ok(()),
+            }
+        };
+        at_least("timeout_ms", dest.timeout_ms, 1)?;
+        at_least("max_attempts", dest.max_attempts.map(u64::from), 1)?;
+        if dest
+            .max_attempts
+            .is_some_and(|n| n > ffd_proto::MAX_ATTEMPTS)
+        {
+            bail!(
+                "key `{key}.max_attempts`: must be at most {}",
+                ffd_proto::MAX_ATTEMPTS
+            );
+        }
+        at_least("ttl_ms", dest.ttl_ms, 1)?;
+        at_least("backoff_base_ms", dest.backoff_base_ms, 1)?;
+        at_least(
+            "backoff_multiplier",
+            dest.backoff_multiplier.map(u64::from),
+            1,
+        )?;
+        let base = dest
+            .backoff_base_ms
+            .unwrap_or(self.delivery.backoff_base_ms);
+        at_least(
+            "backoff_max_ms",
+            Some(dest.backoff_max_ms.unwrap_or(self.delivery.backoff_max_ms)),
+            base,
+        )?;
+        at_least("max_in_flight", dest.max_in_flight.map(|n| n as u64), 1)?;
+        if let Some(r) = dest.rate_per_s {
+            if !(r.is_finite() && r > 0.0) {
+                bail!("key `{key}.rate_per_s`: must be a number above 0, got {r}");
+            }
+        }
+        for (k, f) in [
+            ("ca_file", &dest.ca_file),
+            ("client_cert_file", &dest.client_cert_file),
+            ("client_key_file", &dest.client_key_file),
+        ] {
+            if let Some(f) = f {
+                let path =
+                    credential_path(f).map_err(|e| anyhow::anyhow!("key `{key}.{k}`: {e}"))?;
+                if !path.is_file() {
+                    bail!("key `{key}.{k}`: no such file: {}", path.display());
+                }
+            }
+        }
+        if dest.client_cert_file.is_some() != dest.client_key_file.is_some() {
+            bail!("key `{key}.client_cert_file`: `client_cert_file` and `client_key_file` go together");
         }
         Ok(())
     }
@@ -444,6 +666,20 @@ impl Config {
         }
         Ok(bits)
     }
+}
+
+/// A proxy URL ffd can use: `http://[user:pass@]host[:port]`.
+fn check_proxy_url(p: &str) -> std::result::Result<(), String> {
+    let uri: http::Uri = p.parse().map_err(|_| "not a URL".to_string())?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(s) => return Err(format!("proxy scheme `{s}` is not supported; use http://")),
+        None => return Err("must start with http://".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    Ok(())
 }
 
 /// The keys that differ between `running` and `new` and only take effect
@@ -481,7 +717,9 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         delivery.response_snippet_bytes,
         delivery.pool_idle_per_host,
         delivery.pool_idle_timeout_ms,
-        metrics
+        metrics,
+        delivery.proxy,
+        delivery.no_proxy
     );
     restart
 }
@@ -500,6 +738,23 @@ mod tests {
         assert_eq!(cfg.spool.max_bytes, def.spool.max_bytes);
         assert_eq!(cfg.max_line_bytes, def.max_line_bytes);
         assert!(cfg.destinations.contains_key("hooks"));
+        assert_eq!(cfg.policy.deny, def.policy.deny);
+        assert_eq!(cfg.policy.raw_urls, def.policy.raw_urls);
+        let hooks = &cfg.destinations["hooks"];
+        assert!(hooks.signing_keys("hooks").unwrap().is_empty());
+        assert_eq!(hooks.backoff_base_ms, Some(def.delivery.backoff_base_ms));
+    }
+
+    #[test]
+    fn secrets_never_show_in_errors_or_debug() {
+        let secret = "whsec_c2hvcnQ=";
+        let toml =
+            format!("[destinations.a]\nurl = \"http://x\"\nsigning_secrets = [\"{secret}\"]");
+        let cfg: Config = toml::from_str(&toml).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("destinations.a.signing_secrets[0]"), "{err}");
+        assert!(!err.contains("c2hvcnQ"), "{err}");
+        assert!(!format!("{cfg:?}").contains("c2hvcnQ"));
     }
 
     #[test]
@@ -518,5 +773,31 @@ mod tests {
         bad("socket_mode = \"rw\"", "socket_mode");
         bad("[destinations.a]\nurl = \"ftp://x\"", "destinations.a.url");
         bad("log_level = \"[[\"", "log_level");
+        bad("[policy]\ndeny = [\"loopbak\"]", "policy.deny[0]");
+        bad("[policy]\nallow = [\"10.0.0.0/33\"]", "policy.allow[0]");
+        bad("[delivery]\nproxy = \"socks5://p:1\"", "delivery.proxy");
+        let dest = |k: &str| format!("[destinations.a]\nurl = \"http://x\"\n{k}");
+        bad(
+            &dest("signing_secrets = [\"nope\"]"),
+            "destinations.a.signing_secrets[0]",
+        );
+        bad(
+            &dest("signing_secret_files = [\"/nonexistent/s\"]"),
+            "destinations.a.signing_secret_files[0]",
+        );
+        bad(&dest("rate_per_s = 0"), "destinations.a.rate_per_s");
+        bad(&dest("max_in_flight = 0"), "destinations.a.max_in_flight");
+        bad(
+            &dest("client_cert_file = \"/etc/hostname\""),
+            "client_key_file",
+        );
+        bad(
+            &dest("ca_file = \"/nonexistent\""),
+            "destinations.a.ca_file",
+        );
+        bad(
+            "[policy]\ndeny = [\"loopback\"]\n[destinations.a]\nurl = \"http://127.1/\"",
+            "destinations.a.url",
+        );
     }
 }

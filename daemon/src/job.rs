@@ -50,6 +50,9 @@ pub struct Job {
     pub method: Method,
     /// Absolute http/https URI.
     pub uri: Uri,
+    /// The named destination it was sent to (`dest`): its signing secrets,
+    /// TLS settings, limits and backoff apply. `None` for a raw `url`.
+    pub dest: Option<Arc<str>>,
     /// Headers in order, repeats allowed.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Body bytes.
@@ -75,6 +78,16 @@ pub fn host_key(uri: &Uri) -> String {
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
     format!("{scheme}://{host}:{port}")
+}
+
+/// The queue (and limit, and breaker) a request waits in: its host for a
+/// raw `url`, its destination for a `dest` (each destination has its own
+/// limits, even when two share a host).
+pub fn lane_key(uri: &Uri, dest: Option<&str>) -> String {
+    match dest {
+        Some(d) => format!("{} (dest {d})", host_key(uri)),
+        None => host_key(uri),
+    }
 }
 
 /// A URI shown without its query string, for logs: queries often carry

@@ -17,6 +17,7 @@ pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod scheduler;
 pub mod shutdown;
 pub mod spool;
@@ -62,7 +63,7 @@ async fn serve(
     activated: Option<std::os::unix::net::UnixListener>,
     reload_log: logging::ReloadLog,
 ) -> Result<()> {
-    let deliverer = delivery::Deliverer::new(&cfg.delivery)?;
+    let deliverer = delivery::Deliverer::new(&cfg)?;
     let (trigger, shutdown) = shutdown::channel();
     let spool = open_spool(&cfg, &shutdown)?;
     let engine = Engine::new(&cfg, deliverer, spool.clone());

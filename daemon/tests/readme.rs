@@ -300,3 +300,61 @@ fn wait_status(sock: &str, id: &str, prefix: &str) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The README's webhook receiver (Python standard library) verifies what
+/// ffd signs: with the receiver's secret among ffd's two (mid-rotation),
+/// it answers 204; signed with another secret only, 401, and the request
+/// is a dead letter after that one attempt.
+#[test]
+fn readme_webhook_receiver_verifies_a_signed_delivery() {
+    use std::sync::mpsc;
+    const OLD: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut receiver = Command::new("python3")
+        .arg("-c")
+        .arg(readme_block("webhook-receiver"))
+        .env("WEBHOOK_SECRET", NEW)
+        .env("PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let (tx, rx) = mpsc::channel();
+    let out = receiver.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(T).expect("the receiver starts");
+    let port = first.trim_start_matches("listening on ").to_string();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let d = Daemon::start(&format!(
+        "{FAST}\n[destinations.rotating]\nurl = \"{url}\"\nsigning_secrets = [\"{OLD}\", \"{NEW}\"]\n\
+         [destinations.stale]\nurl = \"{url}\"\nsigning_secrets = [\"{OLD}\"]\n"
+    ));
+    d.client()
+        .send(
+            &Request::dest("POST", "rotating", "")
+                .json(r#"{"user":42}"#)
+                .id("readme-1"),
+        )
+        .unwrap();
+    assert_eq!(rx.recv_timeout(T).unwrap(), "verified readme-1");
+    d.client()
+        .send(
+            &Request::dest("POST", "stale", "")
+                .json(r#"{"user":43}"#)
+                .id("readme-2"),
+        )
+        .unwrap();
+    assert_eq!(rx.recv_timeout(T).unwrap(), "refused readme-2");
+    d.wait_stats("one delivered, one dead", T, |s| {
+        s["delivered"] == 1 && s["dead"] == 1
+    });
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}

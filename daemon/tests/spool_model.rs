@@ -350,6 +350,8 @@ fn new_job(n: u64) -> Arc<Job> {
         owner,
         method: http::Method::POST,
         uri: format!("http://127.0.0.1:1/x/{n}").parse().unwrap(),
+        // Some sent to a named destination (format 3 records).
+        dest: (n % 5 == 2).then(|| "hooks".into()),
         headers: Vec::new(),
         body: body.into(),
         timeout_ms: 1000,

@@ -31,11 +31,15 @@ pub enum ErrorCode {
     /// Too many connections (in all, or from this user): the connection is
     /// answered with this one line and closed; try again later.
     Busy,
+    /// The destination policy refuses the send: its URL's host is an
+    /// address in a denied range, or the policy accepts named destinations
+    /// only (`raw_urls = false`).
+    DeniedDestination,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::LineTooLong,
@@ -47,6 +51,7 @@ impl ErrorCode {
         ErrorCode::UnknownDest,
         ErrorCode::Internal,
         ErrorCode::Busy,
+        ErrorCode::DeniedDestination,
     ];
 
     /// The code as it appears in the `error` field of a response.
@@ -63,6 +68,7 @@ impl ErrorCode {
             ErrorCode::UnknownDest => "unknown_dest",
             ErrorCode::Internal => "internal",
             ErrorCode::Busy => "busy",
+            ErrorCode::DeniedDestination => "denied_destination",
         }
     }
 

@@ -11,6 +11,8 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct Tail {
     host: Option<String>,
+    /// The host filter names a destination's lane exactly.
+    exact: bool,
     events: Vec<String>,
     /// Who is watching: a user sees only their own requests.
     peer: Peer,
@@ -34,6 +36,7 @@ pub fn start(engine: &Engine, peer: Peer, f: TailFilter) -> Result<(Vec<u8>, Tai
     Ok((
         out,
         Tail {
+            exact: f.dest.is_some(),
             host,
             events: f.events,
             peer,
@@ -52,6 +55,7 @@ impl Tail {
         }
         match &self.host {
             None => true,
+            Some(h) if self.exact => ev.host == *h,
             Some(h) => host_matches(&ev.host, h),
         }
     }
@@ -60,6 +64,8 @@ impl Tail {
 /// `host` as given (`h`, `h:port` or `scheme://h:port`) against a host key
 /// (`scheme://h:port`).
 fn host_matches(key: &str, want: &str) -> bool {
+    // A destination's lane is `scheme://host:port (dest NAME)`.
+    let key = key.split_once(" (dest ").map_or(key, |(k, _)| k);
     if key == want {
         return true;
     }
@@ -74,6 +80,10 @@ mod tests {
     #[test]
     fn a_host_filter_takes_any_of_the_usual_forms() {
         let key = "https://hooks.example:443";
+        assert!(host_matches(
+            "https://hooks.example:443 (dest hooks)",
+            "hooks.example"
+        ));
         for want in [
             "https://hooks.example:443",
             "hooks.example:443",

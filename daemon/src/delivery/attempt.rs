@@ -42,11 +42,27 @@ impl Deliverer {
     /// into a retry.
     pub async fn attempt(&self, job: &Job) -> Attempt {
         let started_ms = now_ms();
-        let req = self.build_request(job);
+        let (client, req) = match self.build_request(job) {
+            Ok(r) => r,
+            Err(error) => {
+                let mut a = Attempt::failed(Failure::Other, error, started_ms);
+                a.verdict = Verdict::Final;
+                return a;
+            }
+        };
         let timeout = Duration::from_millis(job.timeout_ms);
-        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let resp = match tokio::time::timeout(timeout, client.request(req)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Attempt::failed(classify_error(&e), error_chain(&e), started_ms),
+            Ok(Err(e)) => {
+                // The destination policy's refusal is final: nothing was
+                // dialled, and retrying would dial nothing either.
+                if let Some(denied) = super::connect::denied_in(&e) {
+                    let mut a = Attempt::failed(Failure::Denied, denied, started_ms);
+                    a.verdict = Verdict::Final;
+                    return a;
+                }
+                return Attempt::failed(classify_error(&e), error_chain(&e), started_ms);
+            }
             Err(_) => {
                 let msg = format!("timed out after {} ms", job.timeout_ms);
                 return Attempt::failed(Failure::Timeout, msg, started_ms);
@@ -118,6 +134,8 @@ pub enum Failure {
     Connect,
     /// The TLS handshake failed (certificate, protocol).
     Tls,
+    /// The destination policy refused the address (nothing was dialled).
+    Denied,
     /// Anything else (the connection broke mid-exchange, ...).
     Other,
 }
@@ -130,6 +148,7 @@ impl Failure {
             Failure::Dns => "dns",
             Failure::Connect => "connect",
             Failure::Tls => "tls",
+            Failure::Denied => "denied",
             Failure::Other => "other",
         }
     }

@@ -1,33 +1,57 @@
 //! Delivery: one HTTP attempt of a job, over a shared pooled client.
 //!
-//! Rooms: `request` (the one place a job becomes the request sent: signing
-//! goes there), `attempt` (one exchange, bounded, and what it came to),
-//! `retry` (the pure retry policy). The connector is built here, so the
-//! destination policy (which sees the address dialled) will wrap it.
-//! Delivery knows nothing of the scheduler or the spool: it takes a
-//! [`Job`](crate::job::Job) and returns an [`Attempt`].
+//! Rooms: `request` (the one place a job becomes the request sent: its
+//! Standard Webhooks signature, made with `sign`), `attempt` (one exchange,
+//! bounded, and what it came to), `retry` (the pure retry policy),
+//! `connect` (the connector: the destination policy on the address dialled,
+//! proxies). Delivery knows nothing of the scheduler or the spool: it takes
+//! a [`Job`](crate::job::Job) and returns an [`Attempt`]. What it holds of a
+//! named destination (secrets, TLS client) is reloaded on SIGHUP.
 
 mod attempt;
+pub mod connect;
 mod request;
 pub mod retry;
+pub mod sign;
 
 pub use attempt::{Attempt, Failure};
 
-use crate::config::DeliveryConfig;
+use crate::config::{credential_path, Config, DeliveryConfig, Destination};
+use crate::policy::Policy;
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use connect::{Dialer, SharedPolicy};
 use http::{HeaderName, HeaderValue};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::sync::Arc;
+use rustls_pki_types::pem::PemObject;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// The pooled HTTP client type.
+pub(crate) type HttpClient = Client<HttpsConnector<Dialer>, Full<Bytes>>;
+
+/// What delivery keeps of a named destination.
+struct Dest {
+    /// Signing keys; empty: requests are not signed.
+    keys: sign::Keys,
+    /// Its own client when it sets `ca_file` or a client certificate.
+    client: Option<HttpClient>,
+}
 
 /// The shared HTTP client and the fixed parts of every request.
 pub struct Deliverer {
-    pub(crate) client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pub(crate) client: HttpClient,
+    dests: RwLock<Arc<HashMap<String, Dest>>>,
+    policy: SharedPolicy,
+    proxy: Arc<Matcher>,
+    /// What a destination's own client is built from.
+    delivery: DeliveryConfig,
     id_header: Option<HeaderName>,
     user_agent: HeaderValue,
     snippet_bytes: usize,
@@ -35,72 +59,165 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// Builds the pooled client: HTTP/1.1 and HTTP/2 (by ALPN), system roots
-    /// plus `ca_file`.
-    pub fn new(cfg: &DeliveryConfig) -> Result<Arc<Deliverer>> {
-        let tls = tls_config(cfg)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        // The pool retries a request at once on a fresh connection when a
-        // reused one fails before the request was written (a server that
-        // closed an idle keep-alive); that retry does not count as an attempt.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
-            // Fewer idle slots than requests in flight per host would close
-            // and reopen connections under steady load.
-            .pool_max_idle_per_host(cfg.pool_idle_per_host.max(cfg.max_in_flight_per_host))
-            .retry_canceled_requests(true)
-            .build(https);
+    /// plus `ca_file`, the policy and the proxy settings; and each
+    /// destination's keys and TLS client.
+    pub fn new(config: &Config) -> Result<Arc<Deliverer>> {
+        let cfg = &config.delivery;
+        let policy = SharedPolicy::default();
+        policy.set(policy_of(config)?);
+        let proxy = connect::proxy_matcher(
+            cfg.proxy.as_ref().map(|s| s.0.as_str()),
+            cfg.no_proxy.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("proxy settings: {e}"))?;
+        let proxy = Arc::new(proxy);
+        let client = build_client(cfg, &policy, &proxy, tls_config(cfg, None)?);
         let id_header = if cfg.id_header.is_empty() {
             None
         } else {
             Some(HeaderName::from_bytes(cfg.id_header.as_bytes()).context("delivery.id_header")?)
         };
-        Ok(Arc::new(Deliverer {
+        let d = Deliverer {
             client,
+            dests: RwLock::new(Arc::new(HashMap::new())),
+            policy,
+            proxy,
+            delivery: cfg.clone(),
             id_header,
             user_agent: HeaderValue::from_str(&cfg.user_agent).context("delivery.user_agent")?,
             snippet_bytes: cfg.response_snippet_bytes,
-        }))
+        };
+        d.set_destinations(config)?;
+        Ok(Arc::new(d))
+    }
+
+    /// The destination policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.get()
+    }
+
+    /// SIGHUP: the policy, and each destination's secrets (files read
+    /// again) and TLS client. On error nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<()> {
+        let policy = policy_of(config)?;
+        self.set_destinations(config)?;
+        self.policy.set(policy);
+        Ok(())
+    }
+
+    fn set_destinations(&self, config: &Config) -> Result<()> {
+        let mut dests = HashMap::with_capacity(config.destinations.len());
+        for (name, d) in &config.destinations {
+            let keys = sign::Keys::new(&d.signing_keys(name)?);
+            let client = if d.ca_file.is_some() || d.client_cert_file.is_some() {
+                let tls = tls_config(&self.delivery, Some((name, d)))?;
+                Some(build_client(&self.delivery, &self.policy, &self.proxy, tls))
+            } else {
+                None
+            };
+            dests.insert(name.clone(), Dest { keys, client });
+        }
+        *self.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dests);
+        Ok(())
     }
 }
 
-fn tls_config(cfg: &DeliveryConfig) -> Result<rustls::ClientConfig> {
+fn policy_of(config: &Config) -> Result<Policy> {
+    let p = &config.policy;
+    Policy::new(&p.deny, &p.allow, p.raw_urls).map_err(|e| anyhow::anyhow!("key `policy.{e}"))
+}
+
+fn build_client(
+    cfg: &DeliveryConfig,
+    policy: &SharedPolicy,
+    proxy: &Arc<Matcher>,
+    tls: rustls::ClientConfig,
+) -> HttpClient {
+    let dialer = Dialer::new(policy.clone(), proxy.clone(), cfg.connect_timeout_ms);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(dialer);
+    // The pool retries a request at once on a fresh connection when a
+    // reused one fails before the request was written (a server that
+    // closed an idle keep-alive); that retry does not count as an attempt.
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
+        // Fewer idle slots than requests in flight per host would close
+        // and reopen connections under steady load.
+        .pool_max_idle_per_host(cfg.pool_idle_per_host.max(cfg.max_in_flight_per_host))
+        .retry_canceled_requests(true)
+        .build(https)
+}
+
+fn add_pem_certs(roots: &mut rustls::RootCertStore, key: &str, path: &Path) -> Result<()> {
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{key}: {} is not valid PEM", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{key}: {} holds no certificate", path.display());
+    }
+    for c in certs {
+        roots
+            .add(c)
+            .with_context(|| format!("{key}: bad certificate in {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn tls_config(
+    cfg: &DeliveryConfig,
+    dest: Option<(&str, &Destination)>,
+) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
+    if added == 0 && dest.is_none() {
         tracing::warn!("no system CA certificates found; https works only with `delivery.ca_file`");
     }
     if let Some(path) = &cfg.ca_file {
-        use rustls_pki_types::pem::PemObject;
-        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("delivery.ca_file: cannot read {}", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("delivery.ca_file: {} is not valid PEM", path.display()))?;
-        if certs.is_empty() {
-            anyhow::bail!("delivery.ca_file: {} holds no certificate", path.display());
+        add_pem_certs(&mut roots, "delivery.ca_file", path)?;
+    }
+    let mut client_auth = None;
+    if let Some((name, d)) = dest {
+        if let Some(f) = &d.ca_file {
+            let key = format!("destinations.{name}.ca_file");
+            let path = credential_path(f).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            add_pem_certs(&mut roots, &key, &path)?;
         }
-        for c in certs {
-            roots.add(c).with_context(|| {
-                format!("delivery.ca_file: bad certificate in {}", path.display())
+        if let (Some(cert), Some(keyf)) = (&d.client_cert_file, &d.client_key_file) {
+            let ck = format!("destinations.{name}.client_cert_file");
+            let kk = format!("destinations.{name}.client_key_file");
+            let cert = credential_path(cert).map_err(|e| anyhow::anyhow!("{ck}: {e}"))?;
+            let keyf = credential_path(keyf).map_err(|e| anyhow::anyhow!("{kk}: {e}"))?;
+            let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+                .with_context(|| format!("{ck}: cannot read {}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{ck}: {} is not valid PEM", cert.display()))?;
+            if chain.is_empty() {
+                anyhow::bail!("{ck}: {} holds no certificate", cert.display());
+            }
+            // The key's own error text is not shown: it could quote key material.
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&keyf).map_err(|_| {
+                anyhow::anyhow!("{kk}: {} holds no readable PEM private key", keyf.display())
             })?;
+            client_auth = Some((chain, key, ck));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    Ok(match client_auth {
+        Some((chain, key, ck)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            anyhow::anyhow!("{ck}: the certificate and key do not make a client identity: {e}")
+        })?,
+        None => builder.with_no_client_auth(),
+    })
 }

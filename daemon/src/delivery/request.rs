@@ -1,15 +1,29 @@
-//! The request sent for a job: the one place its bytes are put together.
+//! The request sent for a job: the one place its bytes are put together,
+//! and where it is signed.
 
-use super::Deliverer;
+use super::{Deliverer, HttpClient};
+use crate::clock::now_ms;
 use crate::job::Job;
 use bytes::Bytes;
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 
+/// The Standard Webhooks headers.
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+/// Unix seconds of the attempt.
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+/// `v1,<base64>` per secret, space-separated.
+pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
 impl Deliverer {
-    /// Turns a job into the request sent. The caller's headers win over the
-    /// ones ffd adds.
-    pub fn build_request(&self, job: &Job) -> Request<Full<Bytes>> {
+    /// Turns a job into the request sent, and the client to send it with.
+    /// The caller's headers win over the ones ffd adds, except the
+    /// signature headers of a signing destination, which only ffd sets.
+    /// `Err`: the job's destination is no longer in the config.
+    pub(crate) fn build_request(
+        &self,
+        job: &Job,
+    ) -> Result<(HttpClient, Request<Full<Bytes>>), String> {
         let mut req = Request::new(Full::new(job.body.clone()));
         *req.method_mut() = job.method.clone();
         *req.uri_mut() = job.uri.clone();
@@ -27,6 +41,41 @@ impl Deliverer {
         if !headers.contains_key(http::header::USER_AGENT) {
             headers.insert(http::header::USER_AGENT, self.user_agent.clone());
         }
-        req
+        let mut client = self.client.clone();
+        if let Some(name) = &job.dest {
+            let dests = self.dests.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(dest) = dests.get(&**name) else {
+                return Err(format!(
+                    "destination {name:?} is no longer in the config; restore it and replay"
+                ));
+            };
+            if !dest.keys.is_empty() {
+                // The id as ffd reports it, the same on every attempt; the
+                // timestamp of this attempt; the exact body bytes sent.
+                let ts = now_ms() / 1000;
+                let id = HeaderValue::from_str(&job.id).map_err(|_| "id is not a header value")?;
+                headers.insert(WEBHOOK_ID, id);
+                headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
+                headers.insert(
+                    WEBHOOK_SIGNATURE,
+                    dest.keys.signature(&job.id, ts, &job.body),
+                );
+            }
+            if let Some(c) = &dest.client {
+                client = c.clone();
+            }
+        }
+        // A plain-http request through a proxy carries the proxy's
+        // credentials (https ones go in the CONNECT).
+        if job.uri.scheme_str() == Some("http") {
+            if let Some(auth) = self
+                .proxy
+                .intercept(&job.uri)
+                .and_then(|i| i.basic_auth().cloned())
+            {
+                headers.insert(http::header::PROXY_AUTHORIZATION, auth);
+            }
+        }
+        Ok((client, req))
     }
 }

@@ -74,9 +74,19 @@ impl Engine {
         now: u64,
     ) -> Result<Job, ProtoError> {
         let dcfg = self.dcfg();
+        let policy = self.deliverer.policy();
         let mut headers: Vec<(HeaderName, HeaderValue)>;
+        let mut dest = None;
+        let (mut timeout_ms, mut max_attempts, mut ttl_ms) =
+            (dcfg.timeout_ms, dcfg.max_attempts, dcfg.ttl_ms);
         let uri: Uri = match req.target {
             Target::Url(u) => {
+                if !policy.raw_urls {
+                    return Err(ProtoError::new(
+                        ErrorCode::DeniedDestination,
+                        "this ffd accepts named destinations only (`policy.raw_urls = false`): send with `dest`",
+                    ));
+                }
                 headers = req.headers;
                 u
             }
@@ -86,20 +96,24 @@ impl Engine {
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                let (base, dest_headers) = dests.get(&name).ok_or_else(|| {
+                let d = dests.get(&name).ok_or_else(|| {
                     ProtoError::new(
                         ErrorCode::UnknownDest,
                         format!("no destination named {name:?} in the config"),
                     )
                 })?;
-                headers = Vec::with_capacity(req.headers.len() + dest_headers.len());
-                for (k, v) in dest_headers {
+                headers = Vec::with_capacity(req.headers.len() + d.headers.len());
+                for (k, v) in &d.headers {
                     if !req.headers.iter().any(|(n, _)| n == k) {
                         headers.push((k.clone(), v.clone()));
                     }
                 }
                 headers.extend(req.headers);
-                format!("{base}{path}").parse().map_err(|_| {
+                timeout_ms = d.timeout_ms.unwrap_or(timeout_ms);
+                max_attempts = d.max_attempts.unwrap_or(max_attempts);
+                ttl_ms = d.ttl_ms.unwrap_or(ttl_ms);
+                dest = Some(Arc::<str>::from(name.as_str()));
+                format!("{}{path}", d.uri).parse().map_err(|_| {
                     ProtoError::new(
                         ErrorCode::BadRequest,
                         "destination URL + `path` is not a valid URL",
@@ -107,12 +121,19 @@ impl Engine {
                 })?
             }
         };
+        // An address in the URL is judged now; a name when it is resolved.
+        if let Err(denied) = policy.check_host(uri.host().unwrap_or("")) {
+            return Err(ProtoError::new(
+                ErrorCode::DeniedDestination,
+                denied.to_string(),
+            ));
+        }
         let method = req.method;
         let id: Arc<str> = match req.id {
             Some(id) => id.into(),
             None => crate::id::new_id(now),
         };
-        let ttl = req.ttl_ms.unwrap_or(dcfg.ttl_ms);
+        let ttl = req.ttl_ms.unwrap_or(ttl_ms);
         let delay = req.delay_ms.unwrap_or(0);
         if delay >= ttl {
             return Err(ProtoError::new(
@@ -126,10 +147,11 @@ impl Engine {
             owner,
             method,
             uri,
+            dest,
             headers,
             body: Bytes::from(req.body),
-            timeout_ms: req.timeout_ms.unwrap_or(dcfg.timeout_ms),
-            max_attempts: req.max_attempts.unwrap_or(dcfg.max_attempts),
+            timeout_ms: req.timeout_ms.unwrap_or(timeout_ms),
+            max_attempts: req.max_attempts.unwrap_or(max_attempts),
             accepted_ms: now,
             not_before_ms: now.saturating_add(delay),
             expires_ms: now.saturating_add(ttl),
@@ -302,7 +324,7 @@ impl Engine {
             Some(s) => s.bytes(),
             None => st.bytes,
         };
-        let host = st.host_for(&job.uri);
+        let host = st.host_for(&job.uri, job.dest.as_deref());
         if let Some(e) = st.entries.get(&job.key) {
             if !e.committed {
                 return Ok(Reserve::Pending);

@@ -124,6 +124,8 @@ impl State {
         while let Some(start) = self.take_one(now, cfg, spool) {
             starts.push(start);
         }
+        // The dispatcher reads the timer heap next: it knows of them.
+        self.rate_kick = false;
         starts
     }
 
@@ -180,8 +182,23 @@ impl State {
             if self.in_flight >= cfg.max_in_flight {
                 return None;
             }
-            let hosts = &self.hosts;
-            let (hi, id) = self.lanes.next(|h| hosts[h as usize].may_start(now, cfg))?;
+            let hosts = &mut self.hosts;
+            let mut rate_waits = Vec::new();
+            let next = self.lanes.next(|h| {
+                let host = &mut hosts[h as usize];
+                if !host.may_start(now, cfg) {
+                    return false;
+                }
+                match host.bucket.as_mut().and_then(|b| b.ready_at(now)) {
+                    Some(at) => {
+                        rate_waits.push((h, at));
+                        false
+                    }
+                    None => true,
+                }
+            });
+            self.arm_rate_timers(rate_waits, now);
+            let (hi, id) = next?;
             // A stale id (finished, or queued again elsewhere) is skipped.
             let Some(e) = self.entries.get_mut(&id) else {
                 continue;
@@ -203,9 +220,26 @@ impl State {
             }
             e.phase = Phase::InFlight;
             let job = e.job.clone();
+            if let Some(b) = &mut self.hosts[hi as usize].bucket {
+                b.take(now);
+            }
             self.hosts[hi as usize].in_flight += 1;
             self.in_flight += 1;
             return Some((id, job, hi));
+        }
+    }
+
+    /// Sets a timer for each rate-limited host's next token, unless one is
+    /// already set for that time or earlier; its requests stay queued.
+    fn arm_rate_timers(&mut self, waits: Vec<(u32, u64)>, now: u64) {
+        for (h, at) in waits {
+            let host = &mut self.hosts[h as usize];
+            if host.rate_wake_ms > now && host.rate_wake_ms <= at {
+                continue;
+            }
+            host.rate_wake_ms = at;
+            self.timers.push(Reverse((at, Timer::Host)));
+            self.rate_kick = true;
         }
     }
 }

@@ -6,7 +6,12 @@
 //! host's circuit breaker), `dispatch` (timers, the dispatcher and the
 //! delivery tasks), `outcome` (an attempt's result applied), `restore`
 //! (replay at start), `dead` (dead letters: list, replay, purge), `compact`
-//! (spool compaction), `entry` (what is kept per request).
+//! (spool compaction), `entry` (what is kept per request), `rate` (a
+//! destination's token bucket).
+//!
+//! A lane (a "host" here) is a URL's `scheme://host:port`, or a named
+//! destination: each destination has its own queue, in-flight limit
+//! (`max_in_flight`), rate limit (`rate_per_s`), backoff and breaker.
 //!
 //! One `std::sync::Mutex` guards [`State`]: every critical section is short
 //! and never awaits, so a blocking mutex is cheaper than tokio's and cannot
@@ -23,6 +28,7 @@ mod entry;
 mod gauges;
 mod lanes;
 mod outcome;
+mod rate;
 mod restore;
 mod tail;
 
@@ -37,8 +43,9 @@ pub use tail::{Event, TAIL_BUFFER};
 
 use crate::clock::now_ms;
 use crate::config::{Config, DeliveryConfig, WhenFull};
+use crate::delivery::retry::Backoff;
 use crate::delivery::Deliverer;
-use crate::job::host_key;
+use crate::job::lane_key;
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolStats};
 use entry::{Entries, Entry};
@@ -63,16 +70,45 @@ struct Host {
     last_success_ms: u64,
     last_failure_ms: u64,
     last_error: Option<Arc<str>>,
+    /// The destination this lane serves (`None`: a host of raw URLs).
+    dest: Option<Arc<str>>,
+    /// The destination's limits, when it sets them.
+    limits: DestLimits,
+    /// The destination's token bucket (`rate_per_s`).
+    bucket: Option<rate::Bucket>,
+    /// When the timer set for its next token fires (0: none set).
+    rate_wake_ms: u64,
 }
 
 impl Host {
-    /// May one more attempt start now?
+    /// May one more attempt start now (breaker and in-flight limit)?
     fn may_start(&self, now: u64, cfg: &DeliveryConfig) -> bool {
-        let limit = self
-            .breaker
-            .limit(cfg.breaker_threshold, cfg.max_in_flight_per_host);
+        let max = self
+            .limits
+            .max_in_flight
+            .unwrap_or(cfg.max_in_flight_per_host);
+        let limit = self.breaker.limit(cfg.breaker_threshold, max);
         !self.breaker.paused(now) && self.in_flight < limit
     }
+
+    /// Applies a destination's limits (at creation and on SIGHUP); the
+    /// bucket is kept while its rate stays the same.
+    fn set_limits(&mut self, limits: DestLimits, now: u64) {
+        self.bucket = match (limits.rate_per_s, self.bucket.take()) {
+            (Some(r), Some(b)) if b.rate_per_s() == r => Some(b),
+            (Some(r), _) => Some(rate::Bucket::new(r, now)),
+            (None, _) => None,
+        };
+        self.limits = limits;
+    }
+}
+
+/// What a destination sets for its lane.
+#[derive(Debug, Clone, Copy, Default)]
+struct DestLimits {
+    max_in_flight: Option<usize>,
+    rate_per_s: Option<f64>,
+    backoff: Option<Backoff>,
 }
 
 /// Hosts with a label of their own in the metrics, beside destinations'.
@@ -128,8 +164,10 @@ struct State {
     metrics: Arc<Metrics>,
     /// Subscribers of `tail`.
     tail: tokio::sync::broadcast::Sender<Arc<tail::Event>>,
-    /// Host keys of the named destinations: always a metrics label.
-    dest_hosts: std::collections::HashSet<String>,
+    /// Each destination's lane settings, by name (reloaded on SIGHUP).
+    dest_limits: HashMap<String, DestLimits>,
+    /// A rate timer was set that the dispatcher may not know of yet.
+    rate_kick: bool,
 }
 
 /// The scheduler and its handles: shared by connections (accept, ops), the
@@ -157,15 +195,16 @@ pub struct Engine {
     started: Instant,
 }
 
-type Destinations = HashMap<String, (Uri, Vec<(HeaderName, HeaderValue)>)>;
-
-/// The host keys of the config's named destinations.
-fn dest_hosts(cfg: &Config) -> std::collections::HashSet<String> {
-    destinations(cfg)
-        .values()
-        .map(|(uri, _)| host_key(uri))
-        .collect()
+/// A destination as admission resolves it.
+struct DestSpec {
+    uri: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    ttl_ms: Option<u64>,
 }
+
+type Destinations = HashMap<String, DestSpec>;
 
 fn destinations(cfg: &Config) -> Destinations {
     cfg.destinations
@@ -182,7 +221,37 @@ fn destinations(cfg: &Config) -> Destinations {
                     ))
                 })
                 .collect();
-            Some((name.clone(), (uri, headers)))
+            let spec = DestSpec {
+                uri,
+                headers,
+                timeout_ms: d.timeout_ms,
+                max_attempts: d.max_attempts,
+                ttl_ms: d.ttl_ms,
+            };
+            Some((name.clone(), spec))
+        })
+        .collect()
+}
+
+fn dest_limits(cfg: &Config) -> HashMap<String, DestLimits> {
+    let dc = &cfg.delivery;
+    cfg.destinations
+        .iter()
+        .map(|(name, d)| {
+            let custom = d.backoff_base_ms.is_some()
+                || d.backoff_multiplier.is_some()
+                || d.backoff_max_ms.is_some();
+            let backoff = custom.then(|| Backoff {
+                base_ms: d.backoff_base_ms.unwrap_or(dc.backoff_base_ms),
+                multiplier: d.backoff_multiplier.unwrap_or(dc.backoff_multiplier),
+                max_ms: d.backoff_max_ms.unwrap_or(dc.backoff_max_ms),
+            });
+            let limits = DestLimits {
+                max_in_flight: d.max_in_flight,
+                rate_per_s: d.rate_per_s,
+                backoff,
+            };
+            (name.clone(), limits)
         })
         .collect()
 }
@@ -278,7 +347,8 @@ impl Engine {
                 counters: Counters::default(),
                 metrics: metrics.clone(),
                 tail: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
-                dest_hosts: dest_hosts(cfg),
+                dest_limits: dest_limits(cfg),
+                rate_kick: false,
             }),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -333,9 +403,27 @@ impl Engine {
             status_history
         );
         *self.delivery.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
-        *self.destinations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(destinations(cfg));
-        self.lock().dest_hosts = dest_hosts(cfg);
-        changed.push("destinations");
+        // Secrets (files read again), TLS clients, the policy: all or nothing.
+        match self.deliverer.reload(cfg) {
+            Ok(()) => {
+                *self.destinations.write().unwrap_or_else(|e| e.into_inner()) =
+                    Arc::new(destinations(cfg));
+                let limits = dest_limits(cfg);
+                let now = now_ms();
+                let mut st = self.lock();
+                for h in st.hosts.iter_mut() {
+                    if let Some(d) = &h.dest {
+                        h.set_limits(limits.get(&**d).copied().unwrap_or_default(), now);
+                    }
+                }
+                st.dest_limits = limits;
+                drop(st);
+                changed.extend(["destinations", "policy"]);
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "SIGHUP: destinations and policy not reloaded, keeping the running ones");
+            }
+        }
         self.wake.notify_one();
         changed
     }
@@ -448,34 +536,38 @@ impl State {
         }
     }
 
-    fn host_for(&mut self, uri: &Uri) -> u32 {
-        // Batches mostly go to one host: skip building the key for a repeat.
-        if let Some((https, auth, i)) = &self.last_host {
-            if uri.authority().map(|a| a.as_str()) == Some(auth.as_str())
-                && (uri.scheme_str() == Some("https")) == *https
-            {
-                return *i;
+    fn host_for(&mut self, uri: &Uri, dest: Option<&str>) -> u32 {
+        if dest.is_none() {
+            // Batches mostly go to one host: skip building the key for a repeat.
+            if let Some((https, auth, i)) = &self.last_host {
+                if uri.authority().map(|a| a.as_str()) == Some(auth.as_str())
+                    && (uri.scheme_str() == Some("https")) == *https
+                {
+                    return *i;
+                }
             }
         }
-        let i = self.host_for_key(&host_key(uri));
-        if let Some(a) = uri.authority() {
+        let i = self.host_for_key(&lane_key(uri, dest), dest);
+        if let (Some(a), None) = (uri.authority(), dest) {
             self.last_host = Some((uri.scheme_str() == Some("https"), a.as_str().to_string(), i));
         }
         i
     }
 
-    fn host_for_key(&mut self, key: &str) -> u32 {
+    fn host_for_key(&mut self, key: &str, dest: Option<&str>) -> u32 {
         if let Some(i) = self.host_index.get(key) {
             return *i;
         }
         let i = self.lanes.add();
         debug_assert_eq!(i as usize, self.hosts.len());
-        let label = if (i as usize) < HOST_LABELS || self.dest_hosts.contains(key) {
+        // Destinations, and the first hosts seen, get a metrics label of
+        // their own; the rest share `_other` (bounded label sets).
+        let label = if (i as usize) < HOST_LABELS || dest.is_some() {
             key.to_string()
         } else {
             "_other".to_string()
         };
-        self.hosts.push(Host {
+        let mut host = Host {
             key: key.to_string(),
             label,
             breaker: Breaker::default(),
@@ -484,9 +576,28 @@ impl State {
             last_success_ms: 0,
             last_failure_ms: 0,
             last_error: None,
-        });
+            dest: dest.map(Into::into),
+            limits: DestLimits::default(),
+            bucket: None,
+            rate_wake_ms: 0,
+        };
+        if let Some(l) = dest.and_then(|d| self.dest_limits.get(d)) {
+            host.set_limits(*l, now_ms());
+        }
+        self.hosts.push(host);
         self.host_index.insert(key.to_string(), i);
         i
+    }
+
+    /// The backoff of a request's lane: its destination's, else `delivery`'s.
+    fn backoff_of(&self, id: &str) -> Option<Backoff> {
+        let e = self.entries.get(id)?;
+        self.hosts.get(e.host as usize)?.limits.backoff
+    }
+
+    /// Whether a rate timer was set since the last call.
+    pub(super) fn take_rate_kick(&mut self) -> bool {
+        std::mem::take(&mut self.rate_kick)
     }
 
     /// Puts an entry in its host's lane (due now) or on the timer heap.

@@ -75,9 +75,10 @@ impl Engine {
             return None;
         };
         let next = st.take_one(now, &dcfg, self.spool.as_deref());
+        let st_rate_kick = st.take_rate_kick();
         let idle = st.in_flight == 0;
         drop(st);
-        if next.is_none() || kick {
+        if next.is_none() || kick || st_rate_kick {
             // A slot is free (the dispatcher may have work for it
             // elsewhere), or a new timer may be due before its next wake.
             self.wake.notify_one();
@@ -246,7 +247,8 @@ impl State {
             warn!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, "delivery failed, attempts spent; kept as dead letter");
             return Err(Phase::Dead);
         }
-        let wait = backoff(dcfg).wait_ms(attempts, fastrand::f64(), a.retry_after_ms);
+        let b = self.backoff_of(id).unwrap_or_else(|| backoff(dcfg));
+        let wait = b.wait_ms(attempts, fastrand::f64(), a.retry_after_ms);
         let at = now + wait;
         if at >= job.expires_ms {
             warn!(id = %job.id, url, attempts, "ttl passes before the next attempt; expired");

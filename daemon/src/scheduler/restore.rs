@@ -92,6 +92,7 @@ impl Engine {
             id,
             owner,
             host,
+            dest,
             max_attempts,
             accepted_ms,
             not_before_ms,
@@ -101,7 +102,7 @@ impl Engine {
         } = r;
         // What the spool holds for it, roughly (memory-mode accounting only).
         let bytes = loc.len as u64;
-        let host = st.host_for_key(&host);
+        let host = st.host_for_key(&host, dest.as_deref());
         let dead = match o.kind {
             Kind::Dead => Some(Phase::Dead),
             Kind::Expired => Some(Phase::Expired),
@@ -158,7 +159,7 @@ impl Engine {
         if st.entries.contains_key(&r.id) || history == 0 {
             return;
         }
-        let host = st.host_for_key(&r.host);
+        let host = st.host_for_key(&r.host, r.dest.as_deref());
         st.entries.insert(
             r.id.clone(),
             Entry {

@@ -51,14 +51,17 @@ impl Engine {
         self.lock().tail.subscribe()
     }
 
-    /// The host key of a named destination, for a `tail` filter.
+    /// The lane key of a named destination (what events carry as `host`),
+    /// for a `tail` filter.
     pub fn dest_host(&self, name: &str) -> Option<String> {
         let dests = self
             .destinations
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        dests.get(name).map(|(uri, _)| crate::job::host_key(uri))
+        dests
+            .get(name)
+            .map(|d| crate::job::lane_key(&d.uri, Some(name)))
     }
 }
 

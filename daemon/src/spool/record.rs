@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 pub(crate) const MAGIC: &[u8; 8] = b"FFDSPOOL";
 /// Format version written in every segment header. 2 added owned JOB
-/// records; segments of format 1 are still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// records, 3 JOB records naming their destination; segments of formats 1
+/// and 2 are still read.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version still read.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: u64 = 16;
@@ -23,6 +24,10 @@ pub(crate) const REC_JOB: u8 = 1;
 pub(crate) const REC_OUTCOME: u8 = 2;
 /// A JOB record with its owner (uid, gid) after the state: format 2.
 pub(crate) const REC_JOB_OWNED: u8 = 3;
+/// A JOB record sent to a named destination (format 3): after the state,
+/// a flag byte (1: an owner follows), the owner, then the destination's
+/// name. The name only: secrets stay in the config.
+pub(crate) const REC_JOB_DEST: u8 = 4;
 /// No record is larger: a length field above it is damage, not data.
 pub(crate) const MAX_RECORD: u32 = 64 << 20;
 
@@ -223,10 +228,10 @@ fn put_outcome(b: &mut Vec<u8>, o: &Outcome) {
 
 pub(crate) fn encode_job(buf: &mut Vec<u8>, job: &Job, o: &Outcome) {
     frame(buf, |b| {
-        b.push(if job.owner.is_some() {
-            REC_JOB_OWNED
-        } else {
-            REC_JOB
+        b.push(match (&job.dest, job.owner) {
+            (Some(_), _) => REC_JOB_DEST,
+            (None, Some(_)) => REC_JOB_OWNED,
+            (None, None) => REC_JOB,
         });
         put_bytes(b, job.id.as_bytes());
         put_bytes(b, job.method.as_str().as_bytes());
@@ -243,9 +248,15 @@ pub(crate) fn encode_job(buf: &mut Vec<u8>, job: &Job, o: &Outcome) {
         put_u64(b, job.not_before_ms);
         put_u64(b, job.expires_ms);
         put_outcome(b, o);
+        if job.dest.is_some() {
+            b.push(job.owner.is_some() as u8);
+        }
         if let Some(owner) = job.owner {
             put_u32(b, owner.uid);
             put_u32(b, owner.gid);
+        }
+        if let Some(dest) = &job.dest {
+            put_bytes(b, dest.as_bytes());
         }
     });
 }
@@ -298,6 +309,22 @@ impl<'a> Cur<'a> {
             _ => None,
         }
     }
+    /// The owner and destination after a JOB record's state, by its tag.
+    fn tail(&mut self, rec: u8) -> Option<(Option<Owner>, Option<&'a str>)> {
+        match rec {
+            REC_JOB => Some((None, None)),
+            REC_JOB_OWNED => Some((Some(self.owner()?), None)),
+            REC_JOB_DEST => {
+                let owner = match self.u8()? {
+                    0 => None,
+                    1 => Some(self.owner()?),
+                    _ => return None,
+                };
+                Some((owner, Some(self.str()?)))
+            }
+            _ => None,
+        }
+    }
     fn owner(&mut self) -> Option<Owner> {
         Some(Owner {
             uid: self.u32()?,
@@ -325,11 +352,10 @@ impl<'a> Cur<'a> {
 /// Decodes a JOB record into the full request (`None` for anything else).
 pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
     let mut c = Cur(payload);
-    let owned = match c.u8()? {
-        REC_JOB => false,
-        REC_JOB_OWNED => true,
-        _ => return None,
-    };
+    let rec = c.u8()?;
+    if !matches!(rec, REC_JOB | REC_JOB_OWNED | REC_JOB_DEST) {
+        return None;
+    }
     let id: Arc<str> = c.str()?.into();
     let method = Method::from_bytes(c.bytes()?).ok()?;
     let uri: Uri = c.str()?.parse().ok()?;
@@ -347,6 +373,7 @@ pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
         owner: None,
         method,
         uri,
+        dest: None,
         headers,
         body,
         timeout_ms: c.u64()?,
@@ -356,10 +383,10 @@ pub(crate) fn decode_job(payload: &[u8]) -> Option<Arc<Job>> {
         expires_ms: c.u64()?,
     };
     c.outcome()?;
-    if owned {
-        job.owner = Some(c.owner()?);
-        job.key = owner_key(job.owner, &job.id);
-    }
+    let (owner, dest) = c.tail(rec)?;
+    job.owner = owner;
+    job.key = owner_key(owner, &job.id);
+    job.dest = dest.map(Into::into);
     c.0.is_empty().then(|| Arc::new(job))
 }
 
@@ -369,6 +396,7 @@ pub(crate) enum Meta<'a> {
         id: &'a str,
         owner: Option<Owner>,
         uri: &'a str,
+        dest: Option<&'a str>,
         max_attempts: u32,
         accepted_ms: u64,
         not_before_ms: u64,
@@ -386,7 +414,7 @@ pub(crate) enum Meta<'a> {
 pub(crate) fn decode_meta(payload: &[u8]) -> Option<Meta<'_>> {
     let mut c = Cur(payload);
     match c.u8()? {
-        rec @ (REC_JOB | REC_JOB_OWNED) => {
+        rec @ (REC_JOB | REC_JOB_OWNED | REC_JOB_DEST) => {
             let id = c.str()?;
             let method = c.bytes()?;
             Method::from_bytes(method).ok()?;
@@ -403,14 +431,12 @@ pub(crate) fn decode_meta(payload: &[u8]) -> Option<Meta<'_>> {
             let not_before_ms = c.u64()?;
             let expires_ms = c.u64()?;
             let state = c.outcome()?;
-            let owner = match rec {
-                REC_JOB_OWNED => Some(c.owner()?),
-                _ => None,
-            };
+            let (owner, dest) = c.tail(rec)?;
             c.0.is_empty().then_some(Meta::Job {
                 id,
                 owner,
                 uri,
+                dest,
                 max_attempts,
                 accepted_ms,
                 not_before_ms,
@@ -449,6 +475,7 @@ pub(crate) fn test_job(id: &str) -> Arc<Job> {
         key: id.into(),
         method: Method::POST,
         uri: "http://127.0.0.1:1/x?q=1".parse().unwrap(),
+        dest: None,
         headers: vec![(
             HeaderName::from_static("x-a"),
             HeaderValue::from_static("1"),
@@ -493,6 +520,27 @@ mod tests {
         assert!(
             matches!(decode_meta(p), Some(Meta::Outcome { id: "a", state }) if state.status == Some(404))
         );
+    }
+
+    #[test]
+    fn a_job_keeps_its_destination_with_or_without_owner() {
+        for owner in [None, Some(Owner { uid: 7, gid: 8 })] {
+            let mut j = (*test_job("d-1")).clone();
+            j.owner = owner;
+            j.key = owner_key(owner, &j.id);
+            j.dest = Some("hooks".into());
+            let mut buf = Vec::new();
+            encode_job(&mut buf, &j, &Outcome::new_job(&j));
+            let (p, _) = record_at(&buf, 0).unwrap();
+            let d = decode_job(p).expect("job record with a destination");
+            assert_eq!(d.dest.as_deref(), Some("hooks"));
+            assert_eq!(d.owner, owner);
+            assert_eq!(d.key, j.key);
+            assert!(matches!(
+                decode_meta(p),
+                Some(Meta::Job { dest: Some("hooks"), owner: o, .. }) if o == owner
+            ));
+        }
     }
 
     #[test]

@@ -24,8 +24,11 @@ pub struct Restored {
     pub id: Arc<str>,
     /// Who sent it.
     pub owner: Option<Owner>,
-    /// `scheme://host:port` of the target.
+    /// Its lane: `scheme://host:port` of the target, with the destination
+    /// ([`crate::job::lane_key`]).
     pub host: Arc<str>,
+    /// The named destination it was sent to.
+    pub dest: Option<Arc<str>>,
     /// Attempts before it is dead.
     pub max_attempts: u32,
     /// When it was accepted.
@@ -250,6 +253,7 @@ impl Scanner {
                 id,
                 owner,
                 uri,
+                dest,
                 max_attempts,
                 accepted_ms,
                 not_before_ms,
@@ -265,7 +269,7 @@ impl Scanner {
                     self.report.corrupt_records += 1;
                     return;
                 };
-                let key = crate::job::host_key(&parsed);
+                let key = crate::job::lane_key(&parsed, dest);
                 let host = match self.hosts.get(key.as_str()) {
                     Some(h) => h.clone(),
                     None => {
@@ -285,6 +289,7 @@ impl Scanner {
                             r.loc = loc;
                             r.state = state;
                             r.host = host;
+                            r.dest = dest.map(Into::into);
                             r.owner = owner;
                         }
                     }
@@ -295,6 +300,7 @@ impl Scanner {
                             id,
                             owner,
                             host,
+                            dest: dest.map(Into::into),
                             max_attempts,
                             accepted_ms,
                             not_before_ms,

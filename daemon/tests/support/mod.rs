@@ -43,6 +43,19 @@ pub fn wait_until<R>(
     }
 }
 
+/// The proxy variables ffd reads; removed from its environment unless a
+/// test sets them.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// Retries fast, never trips the breaker: for tests that count attempts.
 pub const FAST: &str = "[delivery]\nbackoff_base_ms = 50\nbackoff_multiplier = 2\nbackoff_max_ms = 400\nbreaker_threshold = 1000\ntimeout_ms = 5000\n";
 
@@ -403,17 +416,22 @@ impl Daemon {
             }
             None => Command::new(bin("ffd")),
         };
-        let mut child = cmd
-            .arg("--config")
+        cmd.arg("--config")
             .arg(&cfg)
             .arg("--socket")
             .arg(&self.socket)
             .arg("--spool")
             .arg(&self.spool)
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "ffd=debug")
             .env_remove("FFD_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        // ffd honours proxy variables: only the ones a test gives.
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        let mut child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -627,4 +645,277 @@ pub fn exchange_as(uid: u32, gid: u32, groups: &str, sock: &Path, line: &str) ->
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A test CA and what it signs (PEM).
+pub struct TestCa {
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A certificate and its key, PEM.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        TestCa { ca, key }
+    }
+
+    pub fn pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses).
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+impl Sink {
+    /// HTTPS that requires a client certificate issued by `client_ca_pem`.
+    pub fn mtls(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Sink {
+        use rustls_pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut s = Sink::serve(0, Some(Arc::new(cfg)), Box::new(|_, _| Reply::status(200)));
+        s.tls = true;
+        s
+    }
+}
+
+/// A TCP listener on 127.0.0.1 that counts the connections made to it:
+/// proof that nothing was dialled.
+pub struct Tripwire {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tripwire {
+    pub fn start() -> Tripwire {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, s) = (hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                if conn.is_ok() {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Tripwire {
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tripwire {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept; that connection is not counted.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a test proxy saw: each request line or CONNECT, with its
+/// `proxy-authorization` header.
+#[derive(Debug, Clone)]
+pub struct Proxied {
+    pub line: String,
+    pub auth: Option<String>,
+}
+
+/// A loopback HTTP proxy: absolute-form requests are forwarded (in origin
+/// form) and `CONNECT` tunnels spliced, to 127.0.0.1 at the port asked,
+/// whatever the host name (names like `sink.invalid` never resolve).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Proxied>>>,
+}
+
+impl Proxy {
+    pub fn start() -> Proxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        // Ends with the test process (the listener lives in this thread).
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || proxy_conn(conn, s));
+            }
+        });
+        Proxy { addr, seen }
+    }
+
+    /// `http://user:pass@127.0.0.1:PORT` or without credentials.
+    pub fn url(&self, creds: Option<&str>) -> String {
+        match creds {
+            Some(c) => format!("http://{c}@{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Proxied> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn proxy_conn(client: std::net::TcpStream, seen: Arc<Mutex<Vec<Proxied>>>) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let end = line == "\r\n" || line == "\n";
+        head.push(line);
+        if end || head.len() > 100 {
+            break;
+        }
+    }
+    let first = head[0].trim_end().to_string();
+    let auth = head.iter().find_map(|h| {
+        let (k, v) = h.split_once(':')?;
+        k.eq_ignore_ascii_case("proxy-authorization")
+            .then(|| v.trim().to_string())
+    });
+    seen.lock().unwrap().push(Proxied {
+        line: first.clone(),
+        auth,
+    });
+    let mut parts = first.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let authority = if method == "CONNECT" {
+        target.to_string()
+    } else {
+        let rest = target.split_once("://").map(|x| x.1).unwrap_or("");
+        rest.split('/').next().unwrap_or("").to_string()
+    };
+    let port: u16 = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(80);
+    let Ok(mut upstream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        let _ = (&client).write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+        return;
+    };
+    let mut client = client;
+    if method == "CONNECT" {
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .unwrap();
+    } else {
+        // Origin form upstream, the other headers as they came.
+        let path = target
+            .split_once("://")
+            .and_then(|(_, r)| r.find('/').map(|i| r[i..].to_string()))
+            .unwrap_or_else(|| "/".into());
+        let mut out = format!("{method} {path} HTTP/1.1\r\n");
+        for h in &head[1..] {
+            // The proxy's credentials stop here, as with a real proxy.
+            if !h.to_ascii_lowercase().starts_with("proxy-authorization:") {
+                out.push_str(h);
+            }
+        }
+        upstream.write_all(out.as_bytes()).unwrap();
+        // Bytes the reader buffered past the head (the body) go too.
+        let buffered = reader.buffer().to_vec();
+        upstream.write_all(&buffered).unwrap();
+    }
+    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut upstream, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// The Standard Webhooks signature of `id.timestamp.body` with `secret`
+/// (`whsec_...`), computed by Python's standard library: an implementation
+/// independent of ffd's.
+pub fn python_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let script = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts = sys.argv[1], sys.argv[2], sys.argv[3]
+body = sys.stdin.buffer.read()
+key = base64.b64decode(secret.removeprefix("whsec_"))
+mac = hmac.new(key, msg_id.encode() + b"." + ts.encode() + b"." + body, hashlib.sha256)
+print("v1," + base64.b64encode(mac.digest()).decode())
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(secret)
+        .arg(id)
+        .arg(timestamp)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
