@@ -1,0 +1,123 @@
+//! `[destinations.NAME]`: a named destination, its secrets and its files.
+
+use anyhow::Result;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A named destination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Destination {
+    /// Base URL; a send's `path` is appended to it.
+    pub url: String,
+    /// Headers added to every request to this destination (the request's own win).
+    pub headers: BTreeMap<String, String>,
+    /// Standard Webhooks secrets (`whsec_` + base64): each attempt carries
+    /// one signature per secret.
+    pub signing_secrets: Vec<SecretString>,
+    /// Files holding one secret each; a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`).
+    pub signing_secret_files: Vec<PathBuf>,
+    /// Per-attempt timeout (a send's own wins), else `delivery.timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// Attempts (a send's own wins), else `delivery.max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// Lifetime (a send's own wins), else `delivery.ttl_ms`.
+    pub ttl_ms: Option<u64>,
+    /// Retry waits, else the `delivery` ones.
+    pub backoff_base_ms: Option<u64>,
+    /// Growth of the wait cap per attempt.
+    pub backoff_multiplier: Option<u32>,
+    /// Largest wait between two attempts.
+    pub backoff_max_ms: Option<u64>,
+    /// Requests in flight at once to this destination, else
+    /// `delivery.max_in_flight_per_host`.
+    pub max_in_flight: Option<usize>,
+    /// Attempts started per second at most (token bucket, bursts of up to
+    /// one second's worth); waiting requests stay queued.
+    pub rate_per_s: Option<f64>,
+    /// PEM CA certificates trusted for this destination (beside the
+    /// system roots and `delivery.ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for receivers that require mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// A secret from the config: deserialised like a string, never shown by
+/// `Debug` (configs are printed in errors and logs).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Smallest secret accepted, in bytes: Standard Webhooks asks for 24 to 64.
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// Decodes a Standard Webhooks secret: `whsec_` then base64. The error
+/// says what is wrong without repeating the value.
+pub fn decode_secret(text: &str) -> std::result::Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let Some(b64) = text.strip_prefix("whsec_") else {
+        return Err("not a Standard Webhooks secret: must start with `whsec_`".into());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| {
+            "not a Standard Webhooks secret: what follows `whsec_` is not base64".to_string()
+        })?;
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "secret too short: {} bytes, at least {MIN_SECRET_BYTES} needed",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+impl Destination {
+    /// Every signing secret, decoded: the inline ones, then one per file.
+    /// Errors name the key (and the file), never the secret.
+    pub fn signing_keys(&self, name: &str) -> Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        for (i, s) in self.signing_secrets.iter().enumerate() {
+            let k = decode_secret(&s.0).map_err(|e| {
+                anyhow::anyhow!("key `destinations.{name}.signing_secrets[{i}]`: {e}")
+            })?;
+            keys.push(k);
+        }
+        for (i, f) in self.signing_secret_files.iter().enumerate() {
+            let key = format!("destinations.{name}.signing_secret_files[{i}]");
+            let path = credential_path(f).map_err(|e| anyhow::anyhow!("key `{key}`: {e}"))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("key `{key}`: cannot read {}: {e}", path.display()))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            let k = decode_secret(text)
+                .map_err(|e| anyhow::anyhow!("key `{key}`: {}: {e}", path.display()))?;
+            keys.push(k);
+        }
+        Ok(keys)
+    }
+}
+
+/// An absolute path as is; a relative one inside `$CREDENTIALS_DIRECTORY`.
+pub fn credential_path(p: &Path) -> std::result::Result<PathBuf, String> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(Path::new(&dir).join(p)),
+        None => Err(format!(
+            "{} is relative, and $CREDENTIALS_DIRECTORY (where relative secret files are looked up) is not set",
+            p.display()
+        )),
+    }
+}
