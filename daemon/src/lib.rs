@@ -48,13 +48,50 @@ pub struct Reload {
 pub fn run(cfg: Config, reload: Option<Reload>) -> Result<()> {
     // Taken before any thread starts: the variables are removed from the environment.
     let activated = systemd::listener_from_env()?;
+    let fds = raise_fd_limit();
     let reload_log = logging::init(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ffd")
         .build()
         .context("cannot start the async runtime")?;
+    if let Some(n) = fds {
+        // Connections, spool segments, outgoing connections and the
+        // metrics endpoint all need descriptors.
+        if (n as usize) < cfg.max_connections + 256 {
+            warn!(
+                limit = n,
+                max_connections = cfg.max_connections,
+                "the open-files limit is low for max_connections; raise LimitNOFILE= or lower max_connections"
+            );
+        }
+    }
     rt.block_on(serve(cfg, reload, activated, reload_log))
+}
+
+/// Raises the soft open-files limit to the hard one (the usual soft 1024 is
+/// no more than the default `max_connections`); returns the limit now.
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(raised.rlim_cur);
+            }
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 async fn serve(

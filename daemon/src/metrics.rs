@@ -84,161 +84,170 @@ impl Metrics {
     /// A registry with every metric at zero.
     pub fn new() -> Metrics {
         let mut r = Registry::default();
-        let accepted = Counter::default();
+        let (rejected, finished, attempts) = Self::register_labelled(&mut r);
+        let mut m = Metrics {
+            registry: Registry::default(),
+            accepted: Counter::default(),
+            rejected,
+            finished,
+            attempts,
+            retries: Counter::default(),
+            pending: Gauge::default(),
+            in_flight: Gauge::default(),
+            oldest_ready: Gauge::default(),
+            oldest_backoff: Gauge::default(),
+            dead_letters: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_max_bytes: Gauge::default(),
+            hosts_paused: Gauge::default(),
+            connections: Gauge::default(),
+            ack_duration: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+            attempt_duration: Histogram::new(exponential_buckets(1e-3, 2.0, 18)),
+            delivery_latency: Histogram::new(exponential_buckets(1e-3, 2.0, 27)),
+            host_pending: Family::default(),
+            host_in_flight: Family::default(),
+            host_breaker: Family::default(),
+            host_attempts: Family::default(),
+            tail_dropped: Counter::default(),
+        };
+        m.register(&mut r);
+        m.registry = r;
+        m
+    }
+
+    /// The families with a fixed label set, each value resolved once.
+    fn register_labelled(r: &mut Registry) -> (Vec<Counter>, Vec<Counter>, Vec<Counter>) {
+        let family =
+            |r: &mut Registry, name: &str, help: &str, key: &'static str, values: &[&str]| {
+                let f = Family::<Label, Counter>::default();
+                r.register(name, help, f.clone());
+                values
+                    .iter()
+                    .map(|v| f.get_or_create_owned(&[(key, v.to_string())]))
+                    .collect::<Vec<Counter>>()
+            };
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        (
+            family(
+                r,
+                "ffd_requests_rejected",
+                "Lines refused, by error code",
+                "code",
+                &codes,
+            ),
+            family(
+                r,
+                "ffd_requests_finished",
+                "Requests that reached an end state: delivered, dead, expired",
+                "state",
+                &FINISHED,
+            ),
+            family(
+                r,
+                "ffd_attempts",
+                "Delivery attempts by result: status class, or why there was no response",
+                "result",
+                &RESULTS,
+            ),
+        )
+    }
+
+    /// Registers the metrics without a fixed label set.
+    fn register(&mut self, r: &mut Registry) {
         r.register(
             "ffd_requests_accepted",
             "Sends acknowledged (stored in the spool, queued)",
-            accepted.clone(),
+            self.accepted.clone(),
         );
-        let rejected_f = Family::<Label, Counter>::default();
-        r.register(
-            "ffd_requests_rejected",
-            "Lines refused, by error code",
-            rejected_f.clone(),
-        );
-        let rejected = ErrorCode::ALL
-            .iter()
-            .map(|c| rejected_f.get_or_create_owned(&[("code", c.as_str().to_string())]))
-            .collect();
-        let finished_f = Family::<Label, Counter>::default();
-        r.register(
-            "ffd_requests_finished",
-            "Requests that reached an end state: delivered, dead, expired",
-            finished_f.clone(),
-        );
-        let finished = FINISHED
-            .iter()
-            .map(|s| finished_f.get_or_create_owned(&[("state", s.to_string())]))
-            .collect();
-        let attempts_f = Family::<Label, Counter>::default();
-        r.register(
-            "ffd_attempts",
-            "Delivery attempts by result: status class, or why there was no response",
-            attempts_f.clone(),
-        );
-        let attempts = RESULTS
-            .iter()
-            .map(|s| attempts_f.get_or_create_owned(&[("result", s.to_string())]))
-            .collect();
-        let retries = Counter::default();
         r.register(
             "ffd_retries_scheduled",
             "Retries scheduled after a failed attempt",
-            retries.clone(),
+            self.retries.clone(),
         );
-        let gauge = |r: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            r.register(name, help, g.clone());
-            g
-        };
-        let pending = gauge(
-            &mut r,
+        r.register(
             "ffd_requests_pending",
             "Requests not finished (queued, waiting, in flight)",
+            self.pending.clone(),
         );
-        let in_flight = gauge(&mut r, "ffd_requests_in_flight", "Attempts running");
-        let dead_letters = gauge(&mut r, "ffd_dead_letters", "Dead letters kept");
-        let spool_bytes = gauge(&mut r, "ffd_spool_bytes", "Bytes of spool files");
-        let spool_max_bytes = gauge(
-            &mut r,
+        r.register(
+            "ffd_requests_in_flight",
+            "Attempts running",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "ffd_dead_letters",
+            "Dead letters kept",
+            self.dead_letters.clone(),
+        );
+        r.register(
+            "ffd_spool_bytes",
+            "Bytes of spool files",
+            self.spool_bytes.clone(),
+        );
+        r.register(
             "ffd_spool_max_bytes",
             "spool.max_bytes: past it, sends get spool_full",
+            self.spool_max_bytes.clone(),
         );
-        let hosts_paused = gauge(
-            &mut r,
+        r.register(
             "ffd_hosts_paused",
             "Hosts paused by their circuit breaker",
+            self.hosts_paused.clone(),
         );
-        let connections = gauge(&mut r, "ffd_connections", "Client connections open");
+        r.register(
+            "ffd_connections",
+            "Client connections open",
+            self.connections.clone(),
+        );
         let oldest = Family::<Label, Gauge<f64, AtomicU64>>::default();
         r.register(
             "ffd_oldest_pending_age_seconds",
             "Age of the oldest request ready to go (state=ready) and of the oldest waiting for a retry or its delay (state=backoff)",
             oldest.clone(),
         );
-        let oldest_ready = oldest.get_or_create_owned(&[("state", "ready".into())]);
-        let oldest_backoff = oldest.get_or_create_owned(&[("state", "backoff".into())]);
-        let histogram = |r: &mut Registry, name: &str, help: &str, start: f64, n: u16| {
-            let h = Histogram::new(exponential_buckets(start, 2.0, n));
-            r.register(name, help, h.clone());
-            h
-        };
-        let ack_duration = histogram(
-            &mut r,
+        // The two gauges the scheduler sets are the family's own.
+        self.oldest_ready = oldest.get_or_create_owned(&[("state", "ready".into())]);
+        self.oldest_backoff = oldest.get_or_create_owned(&[("state", "backoff".into())]);
+        r.register(
             "ffd_ack_duration_seconds",
             "From a line read to its answer written",
-            1e-6,
-            20,
+            self.ack_duration.clone(),
         );
-        let attempt_duration = histogram(
-            &mut r,
+        r.register(
             "ffd_attempt_duration_seconds",
             "One delivery attempt",
-            1e-3,
-            18,
+            self.attempt_duration.clone(),
         );
-        let delivery_latency = histogram(
-            &mut r,
+        r.register(
             "ffd_delivery_latency_seconds",
             "From acceptance to delivery",
-            1e-3,
-            27,
+            self.delivery_latency.clone(),
         );
-        let host_pending = Family::<Label, Gauge>::default();
         r.register(
             "ffd_host_pending",
             "Pending requests per host",
-            host_pending.clone(),
+            self.host_pending.clone(),
         );
-        let host_in_flight = Family::<Label, Gauge>::default();
         r.register(
             "ffd_host_in_flight",
             "Attempts running per host",
-            host_in_flight.clone(),
+            self.host_in_flight.clone(),
         );
-        let host_breaker = Family::<Labels2, Gauge>::default();
         r.register(
             "ffd_host_breaker",
             "1 for the state of the host's circuit breaker (closed, open, half_open)",
-            host_breaker.clone(),
+            self.host_breaker.clone(),
         );
-        let host_attempts = Family::<Labels2, Counter>::default();
         r.register(
             "ffd_host_attempts",
             "Delivery attempts per host by result",
-            host_attempts.clone(),
+            self.host_attempts.clone(),
         );
-        let tail_dropped = Counter::default();
         r.register(
             "ffd_tail_dropped",
             "Events a slow tail reader missed (the ring is bounded; delivery never waits)",
-            tail_dropped.clone(),
+            self.tail_dropped.clone(),
         );
-        Metrics {
-            registry: r,
-            tail_dropped,
-            accepted,
-            rejected,
-            finished,
-            attempts,
-            retries,
-            pending,
-            in_flight,
-            oldest_ready,
-            oldest_backoff,
-            dead_letters,
-            spool_bytes,
-            spool_max_bytes,
-            hosts_paused,
-            connections,
-            ack_duration,
-            attempt_duration,
-            delivery_latency,
-            host_pending,
-            host_in_flight,
-            host_breaker,
-            host_attempts,
-        }
     }
 
     /// Counts a refused line.

@@ -37,9 +37,18 @@ pub async fn bind(listen: &Listen) -> Result<Listener> {
                 .with_context(|| format!("metrics.listen: cannot bind {addr}"))?,
         ),
         Listen::Unix(path) => {
-            // A stale socket from a previous run: ours to replace.
-            if std::fs::symlink_metadata(path).is_ok() {
-                let _ = std::fs::remove_file(path);
+            use std::os::unix::fs::FileTypeExt;
+            // A stale socket from a previous run is ours to replace; any
+            // other file is not.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_socket() => {
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(_) => anyhow::bail!(
+                    "metrics.listen: {} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+                Err(_) => {}
             }
             Listener::Unix(
                 tokio::net::UnixListener::bind(path)

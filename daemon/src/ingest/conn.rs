@@ -9,14 +9,14 @@
 use crate::control::tail::Tail;
 use crate::control::{self, Peer};
 use crate::scheduler::Engine;
-use crate::scheduler::Event;
+use crate::scheduler::Subscription;
 use crate::shutdown::Shutdown;
 use ffd_proto::{ControlOp, ErrorCode, Line, ProtoError, SendRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::broadcast::Receiver;
 use tracing::debug;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -34,7 +34,7 @@ struct Batch {
     slots: Vec<Slot>,
     sends: Vec<SendRequest>,
     /// A `tail` asked for: after this batch, the connection streams events.
-    tail: Option<(Receiver<Arc<Event>>, Tail)>,
+    tail: Option<(Subscription, Tail)>,
     /// When its bytes were read: the start of each send's ACK time.
     started: Instant,
 }
@@ -60,6 +60,92 @@ pub struct Limits {
     pub idle_line_timeout: Duration,
 }
 
+/// The line splitter's state between reads.
+struct Splitter {
+    /// The unfinished line carried between reads; never longer than max_line.
+    partial: Vec<u8>,
+    /// Skipping the rest of an over-long line.
+    discarding: bool,
+    max_line: usize,
+}
+
+/// A connection's write side and the buffer its answers are built in.
+struct Out<'a> {
+    wr: &'a mut OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Splitter {
+    /// Idle between lines is the normal state of a pipelining client;
+    /// idle in the middle of one is not.
+    fn holding(&self) -> bool {
+        self.discarding || !self.partial.is_empty()
+    }
+
+    /// Splits `data` into lines and handles each into `batch`; keeps the
+    /// unfinished rest. Stops at a `tail` (it takes the connection over).
+    async fn feed(
+        &mut self,
+        mut data: &[u8],
+        batch: &mut Batch,
+        engine: &Arc<Engine>,
+        out: &mut Out<'_>,
+        peer: Peer,
+    ) {
+        let max_line = self.max_line;
+        while let Some(pos) = memchr::memchr(b'\n', data) {
+            if batch.tail.is_some() {
+                return;
+            }
+            let piece = &data[..pos];
+            data = &data[pos + 1..];
+            if self.discarding {
+                self.discarding = false;
+                push_error(batch, engine, too_long(max_line));
+            } else if self.partial.is_empty() && piece.len() > max_line {
+                push_error(batch, engine, too_long(max_line));
+            } else if self.partial.is_empty() {
+                handle_line(piece, batch, engine, &mut out.buf, out.wr, peer).await;
+            } else if self.partial.len() + piece.len() > max_line {
+                self.partial.clear();
+                push_error(batch, engine, too_long(max_line));
+            } else {
+                self.partial.extend_from_slice(piece);
+                let line = std::mem::take(&mut self.partial);
+                handle_line(&line, batch, engine, &mut out.buf, out.wr, peer).await;
+                self.partial = line;
+                self.partial.clear();
+            }
+        }
+        if !self.discarding {
+            if self.partial.len() + data.len() > max_line {
+                self.partial.clear();
+                self.partial.shrink_to(READ_CHUNK);
+                self.discarding = true;
+            } else {
+                self.partial.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// The client closed its side: what it left is answered. A last line
+    /// without `\n` counts as complete, as most tools treat it.
+    async fn finish(
+        &mut self,
+        batch: &mut Batch,
+        engine: &Arc<Engine>,
+        out: &mut Out<'_>,
+        peer: Peer,
+    ) {
+        if self.discarding {
+            push_error(batch, engine, too_long(self.max_line));
+        } else if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            handle_line(&line, batch, engine, &mut out.buf, out.wr, peer).await;
+        }
+    }
+}
+
 /// Serves one connection until the client closes it (or an I/O error), or
 /// ffd exits: then lines already received are answered and it closes.
 pub async fn serve(
@@ -69,44 +155,35 @@ pub async fn serve(
     peer: Peer,
     mut shutdown: Shutdown,
 ) {
-    let max_line = limits.max_line;
     let (mut rd, mut wr) = stream.into_split();
     let mut chunk = vec![0u8; READ_CHUNK];
-    // The unfinished line carried between reads; never longer than max_line.
-    let mut partial: Vec<u8> = Vec::new();
-    let mut discarding = false;
-    let mut out = Vec::with_capacity(4096);
+    let mut lines = Splitter {
+        partial: Vec::new(),
+        discarding: false,
+        max_line: limits.max_line,
+    };
+    let mut out = Out {
+        wr: &mut wr,
+        buf: Vec::with_capacity(4096),
+    };
     loop {
-        // Idle between lines is the normal state of a pipelining client;
-        // idle in the middle of one is not.
-        let holding = discarding || !partial.is_empty();
         let read = tokio::select! {
             r = rd.read(&mut chunk) => r,
             // Every complete line read so far has been answered; a partial
             // one is not a request yet.
-            _ = shutdown.exiting() => {
-                let _ = wr.shutdown().await;
-                return;
-            }
-            _ = tokio::time::sleep(limits.idle_line_timeout), if holding => {
-                debug!("no end of line within idle_line_timeout_ms; closing connection");
-                let e = ProtoError::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "no end of line within idle_line_timeout_ms ({} ms); closing the connection",
-                        limits.idle_line_timeout.as_millis()
-                    ),
-                );
-                engine.count_rejected(e.code);
-                out.clear();
-                ffd_proto::write_error(&mut out, e.code, &e.message);
-                let _ = wr.write_all(&out).await;
-                let _ = wr.shutdown().await;
-                return;
+            _ = shutdown.exiting() => break,
+            _ = tokio::time::sleep(limits.idle_line_timeout), if lines.holding() => {
+                idle_line(&engine, &mut out, limits.idle_line_timeout).await;
+                break;
             }
         };
         let n = match read {
-            Ok(0) => break,
+            Ok(0) => {
+                let mut batch = Batch::new();
+                lines.finish(&mut batch, &engine, &mut out, peer).await;
+                let _ = flush(&mut batch, &engine, peer, &mut out.buf, out.wr).await;
+                break;
+            }
             Ok(n) => n,
             Err(e) => {
                 debug!(error = %e, "read failed; closing connection");
@@ -114,64 +191,37 @@ pub async fn serve(
             }
         };
         let mut batch = Batch::new();
-        let mut data = &chunk[..n];
-        while let Some(pos) = memchr::memchr(b'\n', data) {
-            if batch.tail.is_some() {
-                // The connection is a tail now: later lines are not read.
-                break;
-            }
-            let piece = &data[..pos];
-            data = &data[pos + 1..];
-            if discarding {
-                discarding = false;
-                push_error(&mut batch, &engine, too_long(max_line));
-            } else if partial.is_empty() && piece.len() > max_line {
-                push_error(&mut batch, &engine, too_long(max_line));
-            } else if partial.is_empty() {
-                handle_line(piece, &mut batch, &engine, &mut out, &mut wr, peer).await;
-            } else if partial.len() + piece.len() > max_line {
-                partial.clear();
-                push_error(&mut batch, &engine, too_long(max_line));
-            } else {
-                partial.extend_from_slice(piece);
-                let line = std::mem::take(&mut partial);
-                handle_line(&line, &mut batch, &engine, &mut out, &mut wr, peer).await;
-                partial = line;
-                partial.clear();
-            }
-        }
-        if !discarding {
-            if partial.len() + data.len() > max_line {
-                partial.clear();
-                partial.shrink_to(READ_CHUNK);
-                discarding = true;
-            } else {
-                partial.extend_from_slice(data);
-            }
-        }
-        if flush(&mut batch, &engine, peer, &mut out, &mut wr)
+        lines
+            .feed(&chunk[..n], &mut batch, &engine, &mut out, peer)
+            .await;
+        if flush(&mut batch, &engine, peer, &mut out.buf, out.wr)
             .await
             .is_err()
         {
             return;
         }
         if let Some((rx, filter)) = batch.tail.take() {
-            super::tail::stream(&engine, rx, filter, &mut rd, &mut wr, &mut shutdown).await;
-            let _ = wr.shutdown().await;
-            return;
+            super::tail::stream(&engine, rx, filter, &mut rd, out.wr, &mut shutdown).await;
+            break;
         }
     }
-    // The client closed its side: lines fully received are still answered.
-    // A last line without `\n` counts as complete, as most tools treat it.
-    let mut batch = Batch::new();
-    if discarding {
-        push_error(&mut batch, &engine, too_long(max_line));
-    } else if !partial.is_empty() {
-        let line = std::mem::take(&mut partial);
-        handle_line(&line, &mut batch, &engine, &mut out, &mut wr, peer).await;
-    }
-    let _ = flush(&mut batch, &engine, peer, &mut out, &mut wr).await;
-    let _ = wr.shutdown().await;
+    let _ = out.wr.shutdown().await;
+}
+
+/// A started line made no progress for `timeout`: say so; the caller closes.
+async fn idle_line(engine: &Engine, out: &mut Out<'_>, timeout: Duration) {
+    debug!("no end of line within idle_line_timeout_ms; closing connection");
+    let e = ProtoError::new(
+        ErrorCode::BadRequest,
+        format!(
+            "no end of line within idle_line_timeout_ms ({} ms); closing the connection",
+            timeout.as_millis()
+        ),
+    );
+    engine.count_rejected(e.code);
+    out.buf.clear();
+    ffd_proto::write_error(&mut out.buf, e.code, &e.message);
+    let _ = out.wr.write_all(&out.buf).await;
 }
 
 fn too_long(max_line: usize) -> ProtoError {

@@ -111,6 +111,10 @@ fn peer_groups(fd: std::os::fd::RawFd) -> Vec<u32> {
     }
 }
 
+/// Refused connections whose input is drained at once, at most (each holds
+/// its file descriptor for up to a second meanwhile).
+const REFUSALS: usize = 64;
+
 /// The listener's settings.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -135,6 +139,10 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let gate = Gate::new(limits.max_connections, limits.max_connections_per_uid);
+    // Refused peers that already sent data are drained before the close;
+    // past this many at once, they are closed after their line, so a
+    // flood of connects cannot pile up file descriptors.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
     let lines = conn::Limits {
         max_line: limits.max_line,
         idle_line_timeout: limits.idle_line_timeout,
@@ -183,6 +191,7 @@ pub async fn run(
                     stream,
                     ErrorCode::Forbidden,
                     "this user may not use ffd (see allowed_uids / allowed_gids)".into(),
+                    refusals.clone(),
                 ));
                 continue;
             }
@@ -192,7 +201,8 @@ pub async fn run(
             Err(why) => {
                 engine.count_rejected(ErrorCode::Busy);
                 let (max, per_uid) = gate.limits();
-                tokio::spawn(refuse(stream, ErrorCode::Busy, why.message(max, per_uid)));
+                let msg = why.message(max, per_uid);
+                tokio::spawn(refuse(stream, ErrorCode::Busy, msg, refusals.clone()));
                 continue;
             }
         };
@@ -209,15 +219,25 @@ pub async fn run(
 }
 
 /// Answers a refused peer with one error line and closes, after swallowing
-/// what it already sent (bounded in bytes and time): closing on unread data
-/// would make its write fail before it reads the answer.
-async fn refuse(mut stream: tokio::net::UnixStream, code: ErrorCode, message: String) {
+/// what it sends (bounded in bytes and time): closing on unread data would
+/// reset the connection before the peer reads the answer. At most
+/// [`REFUSALS`] drains run at once; past that (a flood of connects), the
+/// connection is closed right after its line.
+async fn refuse(
+    mut stream: tokio::net::UnixStream,
+    code: ErrorCode,
+    message: String,
+    drains: Arc<tokio::sync::Semaphore>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut line = Vec::new();
     ffd_proto::write_error(&mut line, code, &message);
     let _ = stream.write_all(&line).await;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
+    let Ok(_permit) = drains.try_acquire_owned() else {
+        return;
+    };
     let mut left: usize = 64 * 1024;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         while left > 0 {

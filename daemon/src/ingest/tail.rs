@@ -4,22 +4,23 @@
 //! and what the reader missed is told as `{"event":"overflow","dropped":N}`.
 
 use crate::control::tail::Tail;
-use crate::scheduler::{Engine, Event};
+use crate::scheduler::{Engine, Subscription};
 use crate::shutdown::Shutdown;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::broadcast::{error::RecvError, Receiver};
+use tokio::sync::broadcast::error::RecvError;
 
 /// Streams events matching `filter` until the client goes or ffd exits.
 pub async fn stream(
     engine: &Engine,
-    mut rx: Receiver<Arc<Event>>,
+    sub: Subscription,
     filter: Tail,
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     shutdown: &mut Shutdown,
 ) {
+    let mut rx = sub.rx;
+    let _listening = sub._listening;
     let mut input = [0u8; 1024];
     let mut line = Vec::with_capacity(256);
     loop {

@@ -193,7 +193,9 @@ impl Engine {
             st.counters.accepted += fresh.len() as u64;
             self.metrics.accepted.inc_by(fresh.len() as u64);
             st.counters.duplicates += same_as.len() as u64;
+            let events = st.take_events();
             drop(st);
+            self.publish(events);
             // Sends delayed past the dispatcher's next timer need no wake-up
             // (a wake-up costs a context switch on the ACK path).
             if kick {

@@ -39,12 +39,14 @@ impl Engine {
     pub async fn run_dispatcher(self: Arc<Self>, mut shutdown: Shutdown) {
         loop {
             let notified = self.wake.notified();
-            let (starts, next) = {
+            let (starts, next, events) = {
+                let dcfg = self.dcfg();
                 let mut st = self.lock();
                 let now = now_ms();
-                let starts = st.collect(now, &self.dcfg(), self.spool.as_deref());
-                (starts, st.next_wake())
+                let starts = st.collect(now, &dcfg, self.spool.as_deref());
+                (starts, st.next_wake(), st.take_events())
             };
+            self.publish(events);
             for start in starts {
                 tokio::spawn(self.clone().deliver(start, shutdown.clone()));
             }
@@ -75,9 +77,31 @@ impl Engine {
                 Ok(_) => {
                     self.unreadable(&id, host, "spool record belongs to another request".into())
                 }
+                // Out of file descriptors, a disk hiccup: try again soon.
+                Err(LoadError::Spool(e @ ReadError::Io { .. })) => {
+                    self.read_failed(&id, host, e.to_string())
+                }
                 Err(e) => self.unreadable(&id, host, e.to_string()),
             };
         }
+    }
+
+    /// A request whose record could not be read for a reason that may pass
+    /// (an I/O error, no file descriptor left) waits a second and is tried
+    /// again; no attempt is counted, since nothing was sent.
+    fn read_failed(&self, id: &Arc<str>, host: u32, error: String) -> Option<Start> {
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        st.hosts[host as usize].in_flight -= 1;
+        warn!(id = %id, error = %error, "cannot read the request from the spool; trying again in 1 s");
+        if let Some(e) = st.entries.get_mut(id) {
+            e.last_error = Some(error.into());
+        }
+        st.schedule(id, now_ms() + 1000, true);
+        drop(st);
+        self.wake.notify_one();
+        self.idle.notify_waiters();
+        None
     }
 
     /// The full job: from memory, or read back from its spool record.

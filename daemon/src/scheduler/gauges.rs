@@ -29,38 +29,25 @@ pub struct Health {
 }
 
 impl Engine {
-    /// Sets the gauges from the current state, before a scrape.
+    /// Sets the gauges from the current state, before a scrape. The state
+    /// is read under the lock; the metric families (with locks of their
+    /// own) are written after it is released.
     pub fn refresh_metrics(&self) {
         let m = &self.metrics;
         let now = now_ms();
         let threshold = self.dcfg().breaker_threshold;
-        let st = self.lock();
-        m.pending.set(st.pending as i64);
-        m.in_flight.set(st.in_flight as i64);
-        m.dead_letters.set(st.dead.len() as i64);
-        m.connections
-            .set(self.connections.load(Ordering::Relaxed) as i64);
-        m.oldest_ready.set(st.oldest_ready_ms(now) as f64 / 1000.0);
-        m.oldest_backoff
-            .set(st.oldest_backoff_ms(now) as f64 / 1000.0);
-        // Idle hosts drop out of the per-host gauges.
-        m.host_pending.clear();
-        m.host_in_flight.clear();
-        m.host_breaker.clear();
+        let mut st = self.lock();
+        st.prune_lanes();
+        let (pending, in_flight, dead) = (st.pending, st.in_flight, st.dead.len());
+        let (ready, backoff) = (st.oldest_ready_ms(now), st.oldest_backoff_ms(now));
         let mut paused = 0;
+        let mut rows = Vec::new();
         for h in &st.hosts {
             let is_paused = h.breaker.paused(now);
             paused += i64::from(is_paused);
             if h.pending == 0 && h.in_flight == 0 && h.breaker.failures() == 0 {
                 continue;
             }
-            let label = [("host", h.label.clone())];
-            m.host_pending
-                .get_or_create(&label)
-                .inc_by(h.pending as i64);
-            m.host_in_flight
-                .get_or_create(&label)
-                .inc_by(h.in_flight as i64);
             let state = if is_paused {
                 "open"
             } else if h.breaker.failures() >= threshold {
@@ -68,23 +55,39 @@ impl Engine {
             } else {
                 "closed"
             };
+            rows.push((h.label.clone(), h.pending, h.in_flight, state));
+        }
+        let memory_bytes = st.bytes;
+        drop(st);
+        m.pending.set(pending as i64);
+        m.in_flight.set(in_flight as i64);
+        m.dead_letters.set(dead as i64);
+        m.connections
+            .set(self.connections.load(Ordering::Relaxed) as i64);
+        m.oldest_ready.set(ready as f64 / 1000.0);
+        m.oldest_backoff.set(backoff as f64 / 1000.0);
+        m.hosts_paused.set(paused);
+        // Idle hosts drop out of the per-host gauges.
+        m.host_pending.clear();
+        m.host_in_flight.clear();
+        m.host_breaker.clear();
+        for (label, pending, in_flight, state) in rows {
+            let l = [("host", label.clone())];
+            m.host_pending.get_or_create(&l).inc_by(pending as i64);
+            m.host_in_flight.get_or_create(&l).inc_by(in_flight as i64);
             m.host_breaker
-                .get_or_create(&[("host", h.label.clone()), ("state", state.to_string())])
+                .get_or_create(&[("host", label), ("state", state.to_string())])
                 .set(1);
         }
-        m.hosts_paused.set(paused);
-        drop(st);
-        let bytes = match &self.spool {
-            Some(s) => s.bytes(),
-            None => self.lock().bytes,
-        };
+        let bytes = self.spool.as_ref().map_or(memory_bytes, |s| s.bytes());
         m.spool_bytes.set(bytes as i64);
     }
 
     /// What the health endpoints judge by.
     pub fn health(&self) -> Health {
         let now = now_ms();
-        let st = self.lock();
+        let mut st = self.lock();
+        st.prune_lanes();
         let paused_hosts = st
             .hosts
             .iter()
@@ -107,6 +110,14 @@ impl Engine {
 }
 
 impl State {
+    /// Drops the ids at the front of the lanes that are no longer queued
+    /// there (expired while waiting), so the fronts are the live ones.
+    fn prune_lanes(&mut self) {
+        let entries = &self.entries;
+        self.lanes
+            .prune_fronts(|id| entries.get(id).is_some_and(|e| e.phase == Phase::Queued));
+    }
+
     /// How long the oldest ready request has waited in its lane (0: none).
     fn oldest_ready_ms(&self, now: u64) -> u64 {
         self.lanes

@@ -74,6 +74,20 @@ impl Lanes {
         })
     }
 
+    /// Pops the ids at the front of every active lane for which `live` is
+    /// false (they would be skipped when popped anyway).
+    pub fn prune_fronts(&mut self, live: impl Fn(&Arc<str>) -> bool) {
+        for h in &self.active {
+            let lane = &mut self.lanes[*h as usize];
+            while lane.fresh.front().is_some_and(|id| !live(id)) {
+                lane.fresh.pop_front();
+            }
+            while lane.retry.front().is_some_and(|id| !live(id)) {
+                lane.retry.pop_front();
+            }
+        }
+    }
+
     /// The next id to start, round-robin over the hosts with queued work
     /// for which `may_start` holds; `None` when none may start now.
     pub fn next(&mut self, mut may_start: impl FnMut(u32) -> bool) -> Option<(u32, Arc<str>)> {

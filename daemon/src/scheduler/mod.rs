@@ -39,7 +39,7 @@ pub use entry::Phase;
 pub use gauges::Health;
 pub use lanes::Lanes;
 pub use restore::RestoreResult;
-pub use tail::{Event, TAIL_BUFFER};
+pub use tail::{Event, Subscription, TAIL_BUFFER};
 
 use crate::clock::now_ms;
 use crate::config::{Config, DeliveryConfig, WhenFull};
@@ -162,8 +162,11 @@ struct State {
     draining: bool,
     counters: Counters,
     metrics: Arc<Metrics>,
-    /// Subscribers of `tail`.
-    tail: tokio::sync::broadcast::Sender<Arc<tail::Event>>,
+    /// `tail` subscribers (shared with the engine): events are built only
+    /// while there are some.
+    listening: Arc<AtomicUsize>,
+    /// Events built under the lock, sent once it is released.
+    outbox: Vec<Arc<tail::Event>>,
     /// Each destination's lane settings, by name (reloaded on SIGHUP).
     dest_limits: HashMap<String, DestLimits>,
     /// A rate timer was set that the dispatcher may not know of yet.
@@ -190,6 +193,10 @@ pub struct Engine {
     rejected: [AtomicU64; ErrorCode::ALL.len()],
     /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Subscribers of `tail`.
+    tail: tokio::sync::broadcast::Sender<Arc<tail::Event>>,
+    /// How many there are.
+    listening: Arc<AtomicUsize>,
     /// Connections open now.
     pub connections: AtomicUsize,
     started: Instant,
@@ -319,6 +326,7 @@ impl Engine {
     /// (`None`: memory only).
     pub fn new(cfg: &Config, deliverer: Arc<Deliverer>, spool: Option<Arc<Spool>>) -> Arc<Engine> {
         let metrics = Arc::new(Metrics::new());
+        let listening = Arc::new(AtomicUsize::new(0));
         metrics.spool_max_bytes.set(cfg.spool.max_bytes as i64);
         Arc::new(Engine {
             futile_compaction: Mutex::new(None),
@@ -346,7 +354,8 @@ impl Engine {
                 draining: false,
                 counters: Counters::default(),
                 metrics: metrics.clone(),
-                tail: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
+                listening: listening.clone(),
+                outbox: Vec::new(),
                 dest_limits: dest_limits(cfg),
                 rate_kick: false,
             }),
@@ -357,6 +366,8 @@ impl Engine {
             spool,
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             metrics,
+            tail: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
+            listening,
             connections: AtomicUsize::new(0),
             started: Instant::now(),
         })

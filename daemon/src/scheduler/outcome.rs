@@ -10,7 +10,7 @@ use crate::config::DeliveryConfig;
 use crate::delivery::retry::{Backoff, Verdict};
 use crate::delivery::Attempt;
 use crate::job::Job;
-use crate::spool::{Kind, Outcome, Spool};
+use crate::spool::{Kind, Loc, Outcome, Spool};
 use std::cmp::Reverse;
 use std::sync::Arc;
 use tracing::{debug, error, info, warn};
@@ -46,7 +46,9 @@ impl Engine {
                 s.record(id, at, o);
             }
         }
+        let events = st.take_events();
         drop(st);
+        self.publish(events);
         self.wake.notify_one();
         self.idle.notify_waiters();
         None
@@ -66,7 +68,7 @@ impl Engine {
         // Counters first: whatever happened to the entry, the slot is free.
         st.in_flight -= 1;
         st.hosts[host as usize].in_flight -= 1;
-        let Some((end, kick)) =
+        let Some((end, kick, note)) =
             st.apply_attempt(id, host, job, &a, now, &dcfg, self.spool.as_deref())
         else {
             drop(st);
@@ -77,7 +79,20 @@ impl Engine {
         let next = st.take_one(now, &dcfg, self.spool.as_deref());
         let st_rate_kick = st.take_rate_kick();
         let idle = st.in_flight == 0;
+        let events = st.take_events();
         drop(st);
+        // Metrics and events after the lock: their own locks stay off it.
+        self.publish(events);
+        self.metrics.attempt(note.result);
+        self.metrics
+            .host_attempts
+            .get_or_create(&[("host", note.label), ("result", note.result.to_string())])
+            .inc();
+        if end == Some(Phase::Delivered) {
+            self.metrics
+                .delivery_latency
+                .observe(now.saturating_sub(note.accepted_ms) as f64 / 1000.0);
+        }
         if next.is_none() || kick || st_rate_kick {
             // A slot is free (the dispatcher may have work for it
             // elsewhere), or a new timer may be due before its next wake.
@@ -108,62 +123,20 @@ impl State {
         now: u64,
         dcfg: &DeliveryConfig,
         spool: Option<&Spool>,
-    ) -> Option<(Option<Phase>, bool)> {
-        let host_error = self.hosts[host as usize].last_error.clone();
-        let e = self.entries.get_mut(id)?;
-        e.attempts = e.attempts.saturating_add(1);
-        e.last_status = a.status;
-        // Many requests fail the same way: share the host's copy of the text.
-        let err: Option<Arc<str>> = a.error.as_deref().map(|msg| match &host_error {
-            Some(x) if &**x == msg => x.clone(),
-            _ => Arc::from(msg),
-        });
-        e.last_error = err.clone();
-        e.snippet = a.snippet.clone().map(Into::into);
-        let attempts = e.attempts;
-        let here = e.job.loc();
-        let accepted_ms = e.accepted_ms;
-        // Only built when a log line will be written.
-        let url = tracing::field::display(crate::job::Redacted(&job.uri));
-        let result = a.result();
-        self.metrics.attempt(result);
-        self.metrics
-            .host_attempts
-            .get_or_create(&[
-                ("host", self.hosts[host as usize].label.clone()),
-                ("result", result.to_string()),
-            ])
-            .inc();
+    ) -> Option<(Option<Phase>, bool, Note)> {
+        let (attempts, here, accepted_ms, err) = self.note_attempt(id, host, a, now)?;
+        let note = Note {
+            label: self.hosts[host as usize].label.clone(),
+            result: a.result(),
+            accepted_ms,
+        };
         let mut kick = false;
-        self.emit("attempt", id, |ev| {
-            ev.status = a.status;
-            ev.error = a.error.clone();
-            ev.duration_ms = Some(now.saturating_sub(a.started_ms));
-        });
         let h = &mut self.hosts[host as usize];
         let end = match a.verdict {
-            Verdict::Success => {
-                if h.breaker.failures() > 0 {
-                    info!(host = %h.key, "host recovered: deliveries to it succeed again");
-                }
-                kick |= h.breaker.answered(now, dcfg.breaker_threshold);
-                h.last_success_ms = now;
-                self.metrics
-                    .delivery_latency
-                    .observe(now.saturating_sub(accepted_ms) as f64 / 1000.0);
-                debug!(id = %job.id, url, status = a.status, attempts, "delivered");
-                Some(Phase::Delivered)
-            }
-            Verdict::Final => {
-                // The host answered: it is alive, whatever it thought of the request.
-                if h.breaker.failures() > 0 {
-                    info!(host = %h.key, "host recovered: it answers again");
-                }
-                kick |= h.breaker.answered(now, dcfg.breaker_threshold);
-                h.last_failure_ms = now;
-                h.last_error = err;
-                warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
-                Some(Phase::Dead)
+            Verdict::Success | Verdict::Final => {
+                let (end, k) = self.answered(host, job, a, attempts, err, now, dcfg);
+                kick |= k;
+                Some(end)
             }
             Verdict::Retry => {
                 if h.breaker.failures() == 0 && !h.breaker.paused(now) {
@@ -211,8 +184,19 @@ impl State {
                 s.record(id, here, outcome_of(phase.kind(), attempts, 0, a, now));
             }
         }
-        Some((end, kick))
+        Some((end, kick, note))
     }
+}
+
+/// An attempt noted on its request: attempts so far, its record, when it
+/// was accepted, the error text.
+type Noted = (u32, Option<Loc>, u64, Option<Arc<str>>);
+
+/// What `finish` counts in the metrics once the lock is released.
+struct Note {
+    label: String,
+    result: &'static str,
+    accepted_ms: u64,
 }
 
 /// The spool's record of an attempt's result.
@@ -229,6 +213,69 @@ fn outcome_of(kind: Kind, attempts: u32, next_ms: u64, a: &Attempt, now: u64) ->
 }
 
 impl State {
+    /// Records an attempt on its request (attempts, last status, error and
+    /// snippet) and tells the tail. Returns the attempts so
+    /// far, the request's record, when it was accepted and the error text
+    /// (shared with its host's); `None` if the request is gone.
+    fn note_attempt(
+        &mut self,
+        id: &Arc<str>,
+        host: u32,
+        a: &Attempt,
+        now: u64,
+    ) -> Option<Noted> {
+        let host_error = self.hosts[host as usize].last_error.clone();
+        let e = self.entries.get_mut(id)?;
+        e.attempts = e.attempts.saturating_add(1);
+        e.last_status = a.status;
+        // Many requests fail the same way: share the host's copy of the text.
+        let err: Option<Arc<str>> = a.error.as_deref().map(|msg| match &host_error {
+            Some(x) if &**x == msg => x.clone(),
+            _ => Arc::from(msg),
+        });
+        e.last_error = err.clone();
+        e.snippet = a.snippet.clone().map(Into::into);
+        let noted = (e.attempts, e.job.loc(), e.accepted_ms, err);
+        self.emit("attempt", id, |ev| {
+            ev.status = a.status;
+            ev.error = a.error.clone();
+            ev.duration_ms = Some(now.saturating_sub(a.started_ms));
+        });
+        Some(noted)
+    }
+
+    /// The host answered (2xx, or a final status): its breaker closes, and
+    /// the request is delivered or dead. Returns the end state and whether
+    /// the host's limit went up.
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &mut self,
+        host: u32,
+        job: &Job,
+        a: &Attempt,
+        attempts: u32,
+        err: Option<Arc<str>>,
+        now: u64,
+        dcfg: &DeliveryConfig,
+    ) -> (Phase, bool) {
+        let url = tracing::field::display(crate::job::Redacted(&job.uri));
+        let h = &mut self.hosts[host as usize];
+        if h.breaker.failures() > 0 {
+            info!(host = %h.key, "host recovered: it answers again");
+        }
+        let kick = h.breaker.answered(now, dcfg.breaker_threshold);
+        if a.verdict == Verdict::Success {
+            h.last_success_ms = now;
+            debug!(id = %job.id, url, status = a.status, attempts, "delivered");
+            return (Phase::Delivered, kick);
+        }
+        // Alive, whatever it thought of the request.
+        h.last_failure_ms = now;
+        h.last_error = err;
+        warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
+        (Phase::Dead, kick)
+    }
+
     /// After a failed attempt that may be retried: the end state when the
     /// attempts are spent or the ttl passes before the next one, else the
     /// time of the retry, scheduled, and whether the dispatcher must look

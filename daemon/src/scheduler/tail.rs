@@ -9,6 +9,7 @@ use super::{Engine, State};
 use crate::clock::now_ms;
 use crate::job::client_id;
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -45,10 +46,40 @@ pub struct Event {
     pub wait_ms: Option<u64>,
 }
 
+/// A subscriber: the events, and its place in the count of listeners
+/// (events are built only while someone listens).
+pub struct Subscription {
+    /// The events.
+    pub rx: broadcast::Receiver<Arc<Event>>,
+    /// Keep while listening: dropped, the listener count goes down.
+    pub _listening: Listening,
+}
+
+/// A place in the count of listeners.
+pub struct Listening(Arc<AtomicUsize>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Engine {
     /// A new subscriber to the events.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.lock().tail.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        self.listening.fetch_add(1, Ordering::Relaxed);
+        Subscription {
+            rx: self.tail.subscribe(),
+            _listening: Listening(self.listening.clone()),
+        }
+    }
+
+    /// Sends the events gathered under the lock, after it was released:
+    /// the broadcast's own lock and its wake-ups stay off the scheduler's.
+    pub(super) fn publish(&self, events: Vec<Arc<Event>>) {
+        for ev in events {
+            let _ = self.tail.send(ev);
+        }
     }
 
     /// The lane key of a named destination (what events carry as `host`),
@@ -68,8 +99,8 @@ impl Engine {
 impl State {
     /// Sends an event about the request `key`, if anyone listens; `fill`
     /// adds the event's own fields.
-    pub(super) fn emit(&self, event: &'static str, key: &str, fill: impl FnOnce(&mut Event)) {
-        if self.tail.receiver_count() == 0 {
+    pub(super) fn emit(&mut self, event: &'static str, key: &str, fill: impl FnOnce(&mut Event)) {
+        if self.listening.load(Ordering::Relaxed) == 0 {
             return;
         }
         let Some(e) = self.entries.get(key) else {
@@ -86,6 +117,12 @@ impl State {
             ..Event::default()
         };
         fill(&mut ev);
-        let _ = self.tail.send(Arc::new(ev));
+        self.outbox.push(Arc::new(ev));
+    }
+
+    /// The events gathered since the last call, to [`Engine::publish`]
+    /// once the lock is released.
+    pub(super) fn take_events(&mut self) -> Vec<Arc<Event>> {
+        std::mem::take(&mut self.outbox)
     }
 }

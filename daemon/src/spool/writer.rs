@@ -182,10 +182,11 @@ impl Spool {
             // A short write may have left part of a record: cut the file
             // back so the next record starts at a record boundary.
             if let Err(cut) = file.truncate(inner.len) {
-                // Offsets handed out for the buffer would be wrong in this
-                // file now: go on in a new segment (created on the next write).
-                error!(error = %cut, "cannot cut a failed spool write back; moving to a new segment");
-                self.abandon_segment(inner);
+                // The torn bytes stay (the scan skips them at the next
+                // start); later records go after them, at offsets taken
+                // from the file's real length.
+                error!(error = %cut, "cannot cut a failed spool write back; writing on after it");
+                self.skip_torn(inner);
             }
             error!(error = %e, "spool write failed");
             return Err(io_error(&e));
@@ -284,14 +285,18 @@ impl Spool {
         written
     }
 
-    /// Leaves the current segment after a write that could not be cut back:
-    /// the next write creates the next one. The old file keeps its live
-    /// count; its damaged tail is skipped by the scan at the next start.
-    fn abandon_segment(&self, inner: &mut Inner) {
-        inner.file = None;
-        inner.current += 1;
-        inner.len = HEADER_LEN;
-        inner.create_retry_at = None;
+    /// After a failed write that could not be cut back: new records land
+    /// after the torn bytes, so the write offset becomes the file's length.
+    /// (Copies already in the buffer were placed at the old offset; one read
+    /// back wrong becomes a dead letter that says so, and the copy on disk
+    /// is replayed at the next start: nothing is lost.)
+    fn skip_torn(&self, inner: &mut Inner) {
+        if let Ok(len) = self.fs.len(&seg_path(&self.dir, inner.current)) {
+            if len > inner.len {
+                self.bytes.fetch_add(len - inner.len, Ordering::Relaxed);
+                inner.len = len;
+            }
+        }
     }
 
     /// Deletes the oldest segments that hold nothing live, in order.
