@@ -120,31 +120,7 @@ async fn serve(
         tokio::spawn(observe::serve(l, engine.clone(), shutdown.clone()));
     }
 
-    tokio::spawn(engine.clone().run_dispatcher(shutdown.clone()));
-    let accept = tokio::spawn(ingest::listener::run(
-        listener,
-        engine.clone(),
-        ingest::listener::Limits {
-            max_connections: cfg.max_connections,
-            max_connections_per_uid: cfg.per_uid_limit(),
-            max_line: cfg.max_line_bytes,
-            idle_line_timeout: Duration::from_millis(cfg.idle_line_timeout_ms),
-        },
-        ingest::listener::Access {
-            uids: cfg.allowed_uids.clone(),
-            gids: cfg.allowed_gids.clone(),
-        },
-        shutdown.clone(),
-    ));
-    if let Some(spool) = spool.clone() {
-        // Replay runs beside the listener: new lines are accepted at once,
-        // however large the backlog; compaction starts once it is done.
-        let (engine, shutdown) = (engine.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            engine.clone().replay_spool(spool, shutdown.clone()).await;
-            engine.run_compaction(shutdown).await;
-        });
-    }
+    let accept = spawn_tasks(&cfg, &engine, listener, spool.clone(), &shutdown);
     info!(
         socket = %if is_activated { "(passed by the service manager)".to_string() } else { cfg.socket.display().to_string() },
         spool = %match cfg.spool.mode { SpoolMode::Disk => cfg.spool.dir.display().to_string(), SpoolMode::Memory => "memory".into() },
@@ -184,6 +160,43 @@ async fn serve(
     }
     report_stop(spool.as_deref(), in_flight, pending).await;
     Ok(())
+}
+
+/// Starts the dispatcher, the listener, and replay then compaction; returns
+/// the listener's task (it ends when draining begins).
+fn spawn_tasks(
+    cfg: &Config,
+    engine: &Arc<Engine>,
+    listener: tokio::net::UnixListener,
+    spool: Option<Arc<Spool>>,
+    shutdown: &shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(engine.clone().run_dispatcher(shutdown.clone()));
+    let accept = tokio::spawn(ingest::listener::run(
+        listener,
+        engine.clone(),
+        ingest::listener::Limits {
+            max_connections: cfg.max_connections,
+            max_connections_per_uid: cfg.per_uid_limit(),
+            max_line: cfg.max_line_bytes,
+            idle_line_timeout: Duration::from_millis(cfg.idle_line_timeout_ms),
+        },
+        ingest::listener::Access {
+            uids: cfg.allowed_uids.clone(),
+            gids: cfg.allowed_gids.clone(),
+        },
+        shutdown.clone(),
+    ));
+    if let Some(spool) = spool {
+        // Replay runs beside the listener: new lines are accepted at once,
+        // however large the backlog; compaction starts once it is done.
+        let (engine, shutdown) = (engine.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            engine.clone().replay_spool(spool, shutdown.clone()).await;
+            engine.run_compaction(shutdown).await;
+        });
+    }
+    accept
 }
 
 /// Serves SIGHUPs until a stop signal; returns its name.

@@ -347,12 +347,6 @@ impl Config {
 
     /// Checks values serde cannot: ranges and formats. The error names the key.
     pub fn validate(&self) -> Result<()> {
-        fn at_least(key: &str, v: u64, min: u64) -> Result<()> {
-            if v < min {
-                bail!("key `{key}`: must be at least {min}, got {v}");
-            }
-            Ok(())
-        }
         self.socket_mode_bits()?;
         at_least("max_connections", self.max_connections as u64, 1)?;
         if self.max_connections_per_uid > self.max_connections {
@@ -374,6 +368,26 @@ impl Config {
         if self.spool.segment_bytes > self.spool.max_bytes {
             bail!("key `spool.segment_bytes`: must not exceed `spool.max_bytes`");
         }
+        self.validate_delivery()?;
+        self.metrics.listen()?;
+        let d = &self.delivery;
+        if let Some(SecretString(p)) = &d.proxy {
+            if !p.is_empty() {
+                check_proxy_url(p).map_err(|e| anyhow::anyhow!("key `delivery.proxy`: {e}"))?;
+            }
+        }
+        let policy =
+            crate::policy::Policy::new(&self.policy.deny, &self.policy.allow, self.policy.raw_urls)
+                .map_err(|e| anyhow::anyhow!("key `policy.{e}"))?;
+        for (name, dest) in &self.destinations {
+            self.validate_destination_url(name, dest, &policy)?;
+            self.validate_destination(name, dest)?;
+        }
+        Ok(())
+    }
+
+    /// The `[delivery]` keys.
+    fn validate_delivery(&self) -> Result<()> {
         let d = &self.delivery;
         at_least("delivery.max_in_flight", d.max_in_flight as u64, 1)?;
         at_least(
@@ -424,50 +438,49 @@ impl Config {
                 bail!("key `delivery.ca_file`: no such file: {}", ca.display());
             }
         }
-        self.metrics.listen()?;
-        if let Some(SecretString(p)) = &d.proxy {
-            if !p.is_empty() {
-                check_proxy_url(p).map_err(|e| anyhow::anyhow!("key `delivery.proxy`: {e}"))?;
+        Ok(())
+    }
+
+    /// A destination's URL and headers.
+    fn validate_destination_url(
+        &self,
+        name: &str,
+        dest: &Destination,
+        policy: &crate::policy::Policy,
+    ) -> Result<()> {
+        let key = format!("destinations.{name}");
+        if let Err(e) = ffd_proto::validate_url(&dest.url) {
+            bail!("key `{key}.url`: {}", e.message.replace("`url` ", ""));
+        }
+        if let Some(host) = dest
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(String::from))
+        {
+            if let Err(denied) = policy.check_host(&host) {
+                bail!("key `{key}.url`: {denied}");
             }
         }
-        let policy =
-            crate::policy::Policy::new(&self.policy.deny, &self.policy.allow, self.policy.raw_urls)
-                .map_err(|e| anyhow::anyhow!("key `policy.{e}"))?;
-        for (name, dest) in &self.destinations {
-            let key = format!("destinations.{name}");
-            if let Err(e) = ffd_proto::validate_url(&dest.url) {
-                bail!("key `{key}.url`: {}", e.message.replace("`url` ", ""));
+        if dest.url.contains('?') {
+            bail!("key `{key}.url`: a destination URL must not have a query; sends add it with `path`");
+        }
+        for (h, v) in &dest.headers {
+            let hn = http::HeaderName::from_bytes(h.as_bytes());
+            if hn.is_err() || http::HeaderValue::from_str(v).is_err() {
+                bail!("key `{key}.headers.{h}`: not a valid header name and value");
             }
-            if let Some(host) = dest
-                .url
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|u| u.host().map(String::from))
-            {
-                if let Err(denied) = policy.check_host(&host) {
-                    bail!("key `{key}.url`: {denied}");
-                }
+            if h.eq_ignore_ascii_case("host") {
+                bail!("key `{key}.headers.{h}`: ffd sets Host from the URL; it cannot be set");
             }
-            self.validate_destination(name, dest)?;
-            if dest.url.contains('?') {
-                bail!("key `{key}.url`: a destination URL must not have a query; sends add it with `path`");
-            }
-            for (h, v) in &dest.headers {
-                let hn = http::HeaderName::from_bytes(h.as_bytes());
-                if hn.is_err() || http::HeaderValue::from_str(v).is_err() {
-                    bail!("key `{key}.headers.{h}`: not a valid header name and value");
-                }
-                if h.eq_ignore_ascii_case("host") {
-                    bail!("key `{key}.headers.{h}`: ffd sets Host from the URL; it cannot be set");
-                }
-                if ffd_proto::HOP_BY_HOP.contains(&h.to_ascii_lowercase().as_str()) {
-                    bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set");
-                }
+            if ffd_proto::HOP_BY_HOP.contains(&h.to_ascii_lowercase().as_str()) {
+                bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set");
             }
         }
         Ok(())
     }
 
+    /// A destination's secrets, files and limits.
     fn validate_destination(&self, name: &str, dest: &Destination) -> Result<()> {
         let key = format!("destinations.{name}");
         dest.signing_keys(name)?;
@@ -555,6 +568,14 @@ impl Config {
         }
         Ok(bits)
     }
+}
+
+/// `key` must be at least `min`.
+fn at_least(key: &str, v: u64, min: u64) -> Result<()> {
+    if v < min {
+        bail!("key `{key}`: must be at least {min}, got {v}");
+    }
+    Ok(())
 }
 
 /// A proxy URL ffd can use: `http://[user:pass@]host[:port]`.

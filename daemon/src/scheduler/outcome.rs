@@ -217,13 +217,7 @@ impl State {
     /// snippet) and tells the tail. Returns the attempts so
     /// far, the request's record, when it was accepted and the error text
     /// (shared with its host's); `None` if the request is gone.
-    fn note_attempt(
-        &mut self,
-        id: &Arc<str>,
-        host: u32,
-        a: &Attempt,
-        now: u64,
-    ) -> Option<Noted> {
+    fn note_attempt(&mut self, id: &Arc<str>, host: u32, a: &Attempt, now: u64) -> Option<Noted> {
         let host_error = self.hosts[host as usize].last_error.clone();
         let e = self.entries.get_mut(id)?;
         e.attempts = e.attempts.saturating_add(1);
