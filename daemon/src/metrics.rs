@@ -55,7 +55,8 @@ pub struct Metrics {
     pub hosts_paused: Gauge,
     /// `ffd_connections`.
     pub connections: Gauge,
-    /// `ffd_ack_duration_seconds`: line read to answer written.
+    /// `ffd_ack_duration_seconds`: lines read to answers written, one
+    /// observation per batch of sends read together.
     pub ack_duration: Histogram,
     /// `ffd_attempt_duration_seconds`.
     pub attempt_duration: Histogram,
@@ -210,7 +211,7 @@ impl Metrics {
         self.oldest_backoff = oldest.get_or_create_owned(&[("state", "backoff".into())]);
         r.register(
             "ffd_ack_duration_seconds",
-            "From a line read to its answer written",
+            "From a batch of lines read to their answers written (one observation per batch)",
             self.ack_duration.clone(),
         );
         r.register(

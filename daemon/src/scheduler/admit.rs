@@ -358,7 +358,6 @@ impl Engine {
                 last_status: None,
                 last_error: None,
                 snippet: None,
-                delivered_request: None,
                 dead_seq: 0,
             },
         );

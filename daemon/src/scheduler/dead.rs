@@ -48,9 +48,12 @@ pub struct EntryView {
 
 fn view(key: &str, e: &Entry, st: &State) -> EntryView {
     let owned = e.owner != NO_OWNER;
+    // A delivered request keeps `METHOD url` in `last_error` (see there).
+    let delivered = e.phase == Phase::Delivered;
     let (method, url) = match e
-        .delivered_request
+        .last_error
         .as_deref()
+        .filter(|_| delivered)
         .and_then(|r| r.split_once(' '))
     {
         Some((m, u)) => (Some(m.to_string()), Some(u.to_string())),
@@ -70,7 +73,11 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
         expires_ms: e.expires_ms,
         finished_ms: (e.finished_ms > 0).then_some(e.finished_ms),
         last_status: e.last_status,
-        last_error: e.last_error.as_deref().map(Into::into),
+        last_error: e
+            .last_error
+            .as_deref()
+            .filter(|_| !delivered)
+            .map(Into::into),
         response: e.snippet.as_deref().map(Into::into),
         host_paused_until_ms: {
             let b = &st.hosts[e.host as usize].breaker;

@@ -89,11 +89,12 @@ pub(crate) struct Entry {
     /// Bytes reserved against `spool.max_bytes`.
     pub(crate) bytes: u64,
     pub(crate) last_status: Option<u16>,
+    /// The last attempt's error. A delivered request has none, so its
+    /// `METHOD url` (query left out) is kept here instead: its body and
+    /// record are gone, and this is what `status` still shows of it (one
+    /// field for both keeps a million entries 16 MB smaller).
     pub(crate) last_error: Option<Arc<str>>,
     pub(crate) snippet: Option<Box<str>>,
-    /// `METHOD url` (query left out) of a delivered request, whose body
-    /// and record are gone: what `status` still shows of it.
-    pub(crate) delivered_request: Option<Box<str>>,
     /// Key in `State::dead` while a dead letter.
     pub(crate) dead_seq: u64,
 }

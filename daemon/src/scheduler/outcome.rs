@@ -171,7 +171,8 @@ impl State {
         if let Some(phase) = end {
             if phase == Phase::Delivered {
                 if let Some(e) = self.entries.get_mut(id) {
-                    e.delivered_request =
+                    // See `Entry::last_error`.
+                    e.last_error =
                         Some(format!("{} {}", job.method, crate::job::Redacted(&job.uri)).into());
                 }
             }

@@ -126,7 +126,6 @@ impl Engine {
                 last_status: o.status,
                 last_error: o.error,
                 snippet: o.snippet.map(Into::into),
-                delivered_request: None,
                 dead_seq: 0,
             },
         );
@@ -178,7 +177,6 @@ impl Engine {
                 last_status: r.state.status,
                 last_error: None,
                 snippet: r.state.snippet.map(Into::into),
-                delivered_request: None,
                 dead_seq: 0,
             },
         );
