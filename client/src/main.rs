@@ -34,9 +34,11 @@ commands:
       --host HOST               only requests to HOST (host, host:port or URL form)
       --dest NAME               only requests to the named destination
       --event EVENT             only this event (repeatable): accepted, attempt,
-                                retry, delivered, dead, expired
+                                retry, delivered, dead, expired; host_failing,
+                                host_paused, host_recovered (root and ffd's user)
       --json                    the raw JSON lines
-  top [--once]                  one live row per host, refreshed every second
+  top [--once]                  a row per host, every second: pending, oldest ready,
+                                in flight/limit, breaker, success %, p95, last error
 
 The socket is --socket, else $FFD_SOCKET, else ffd's default path:
 /run/ffd/ffd.sock as root; else $XDG_RUNTIME_DIR/ffd.sock if it exists;
@@ -267,6 +269,21 @@ fn event_line(ev: &serde_json::Value) -> String {
         at % 1000
     );
     let event = ev["event"].as_str().unwrap_or("?");
+    if event.starts_with("host_") {
+        let what = match event {
+            "host_failing" => "started failing",
+            "host_paused" => "paused: it keeps failing",
+            _ => "recovered",
+        };
+        let err = ev["error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return format!(
+            "{clock} UTC  host       {} {what}{err}",
+            ev["host"].as_str().unwrap_or("?")
+        );
+    }
     if event == "overflow" {
         return format!(
             "{clock} UTC  overflow   {} events missed (this reader was too slow)",
@@ -318,34 +335,35 @@ fn top(connect: &dyn Fn() -> Result<Client, Failure>, once: bool) -> Result<Exit
                 .unwrap_or_else(|| "-".into()),
         ));
         out.push_str(&format!(
-            "{:<40} {:>8} {:>9} {:<10} {:>8}  {}\n",
-            "HOST", "PENDING", "IN FLIGHT", "BREAKER", "FAILURES", "LAST"
+            "{:<36} {:>7} {:>9} {:>9} {:<9} {:>6} {:>7}  {}\n",
+            "HOST", "PENDING", "OLDEST", "IN FLIGHT", "BREAKER", "OK %", "P95", "LAST ERROR"
         ));
         for h in st["hosts"].as_array().into_iter().flatten() {
-            let failures = h["consecutive_failures"].as_u64().unwrap_or(0);
-            let breaker = if h["paused"] == true {
-                "open"
-            } else if failures > 0 {
-                "failing"
-            } else {
-                "closed"
-            };
-            let last = match (h["last_success_ms"].as_u64(), h["last_failure_ms"].as_u64()) {
-                (_, Some(f)) if failures > 0 => format!(
-                    "failed {} ago: {}",
-                    human_ms(now.saturating_sub(f)),
-                    h["last_error"].as_str().unwrap_or("")
-                ),
-                (Some(s), _) => format!("ok {} ago", human_ms(now.saturating_sub(s))),
-                _ => String::new(),
+            let opt_ms = |k: &str| h[k].as_u64().map(human_ms).unwrap_or_else(|| "-".into());
+            let breaker = match (h["breaker"].as_str(), h["paused_until_ms"].as_u64()) {
+                (Some("open"), Some(until)) => {
+                    format!("open {}", human_ms(until.saturating_sub(now)))
+                }
+                (Some(b), _) => b.to_string(),
+                (None, _) => "?".into(),
             };
             out.push_str(&format!(
-                "{:<40} {:>8} {:>9} {:<10} {:>8}  {last}\n",
+                "{:<36} {:>7} {:>9} {:>9} {:<9} {:>6} {:>7}  {}\n",
                 h["host"].as_str().unwrap_or("?"),
                 h["pending"],
-                h["in_flight"],
+                opt_ms("oldest_ready_ms"),
+                format!("{}/{}", h["in_flight"], h["limit"]),
                 breaker,
-                failures,
+                h["success_rate"]
+                    .as_f64()
+                    .map(|r| format!("{:.0}", r * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                opt_ms("p95_attempt_ms"),
+                if h["consecutive_failures"].as_u64().unwrap_or(0) > 0 {
+                    h["last_error"].as_str().unwrap_or("")
+                } else {
+                    ""
+                },
             ));
         }
         print!("{out}");
@@ -449,6 +467,24 @@ fn status_text(st: &serde_json::Value) -> String {
     }
     if let Some(o) = st["owner"].as_u64() {
         row("owner", format!("uid {o}"));
+    }
+    let attempts = st["last_attempts"].as_array().cloned().unwrap_or_default();
+    if !attempts.is_empty() {
+        out.push_str("  last attempts\n");
+        for a in attempts {
+            let what = match (a["status"].as_u64(), a["error"].as_str()) {
+                (Some(code), _) => format!("HTTP {code} {}", reason(code))
+                    .trim_end()
+                    .to_string(),
+                (None, Some(e)) => e.to_string(),
+                (None, None) => "?".into(),
+            };
+            out.push_str(&format!(
+                "    {}  {what} ({} ms)\n",
+                when(a["at_ms"].as_u64().unwrap_or(0)),
+                a["duration_ms"]
+            ));
+        }
     }
     out
 }

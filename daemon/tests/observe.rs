@@ -186,6 +186,7 @@ fn tail_streams_events_and_filters_them() {
     assert_eq!(steps[1]["status"], 200);
     assert!(steps[1]["duration_ms"].is_u64());
     // The filtered stream has the dead one only.
+    // (Host events are for root and ffd's user, which this test runs as.)
     let first = dead_only.map(|e| e.unwrap()).next().unwrap();
     assert_eq!(first["event"], "dead", "{first}");
     assert_eq!(first["id"], "tail-gone");
@@ -273,6 +274,54 @@ fn status_reads_as_words_keeps_a_delivered_request_and_tells_a_pause() {
     let text = ffclient(&d, &["status", &first]);
     assert!(text.starts_with("retrying: HTTP 503"), "{text}");
     assert!(text.contains("paused until"), "{text}");
+    assert!(text.contains("last attempts"), "{text}");
+    let raw: Value = serde_json::from_str(&ffclient(&d, &["status", &first, "--json"])).unwrap();
+    assert_eq!(raw["last_attempts"][0]["status"], 503, "{raw}");
+    assert!(raw["last_attempts"][0]["duration_ms"].is_u64(), "{raw}");
     let stats = ffclient(&d, &["stats"]);
     assert!(stats.contains("PAUSED"), "{stats}");
+    // Per host: breaker state, limit, success rate and p95 of the last attempts.
+    let s = d.stats();
+    let h = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["paused"] == true)
+        .unwrap();
+    assert_eq!(h["breaker"], "open", "{h}");
+    assert!(h["paused_until_ms"].is_u64(), "{h}");
+    assert_eq!(h["success_rate"], 0.5, "one 200, one 503: {h}");
+    assert!(h["p95_attempt_ms"].is_u64(), "{h}");
+    let top = ffclient(&d, &["top", "--once"]);
+    assert!(top.contains("open"), "{top}");
+}
+
+#[test]
+fn tail_tells_when_a_host_starts_failing_is_paused_and_recovers() {
+    let sink = Sink::with(|r, _| match r.path.as_str() {
+        "/ok" => Reply::status(200),
+        _ => Reply::status(503),
+    });
+    let d = Daemon::start(
+        "[delivery]\nbreaker_threshold = 1\nbreaker_cooldown_ms = 300\nbackoff_base_ms = 60000\n",
+    );
+    let mut filter = serde_json::Map::new();
+    filter.insert(
+        "events".into(),
+        serde_json::json!(["host_failing", "host_paused", "host_recovered"]),
+    );
+    let events = d.client().tail(filter).unwrap();
+    d.client().send(&Request::get(&sink.url("/down"))).unwrap();
+    d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
+    // After the pause, the next request is the probe; it succeeds.
+    d.client().send(&Request::get(&sink.url("/ok"))).unwrap();
+    let got: Vec<Value> = events.map(|e| e.unwrap()).take(3).collect();
+    let names: Vec<&str> = got.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["host_failing", "host_paused", "host_recovered"],
+        "{got:?}"
+    );
+    assert_eq!(got[0]["host"], format!("http://{}", sink.addr));
+    assert!(got[1]["wait_ms"].is_u64(), "{got:?}");
 }

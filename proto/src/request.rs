@@ -115,19 +115,21 @@ pub struct TailFilter {
     pub host: Option<String>,
     /// Only requests to this named destination's host.
     pub dest: Option<String>,
-    /// Only these events (`accepted`, `attempt`, `retry`, `delivered`,
-    /// `dead`, `expired`).
+    /// Only these events (see [`TAIL_EVENTS`]).
     pub events: Vec<String>,
 }
 
 /// The events `tail` knows.
-pub const TAIL_EVENTS: [&str; 6] = [
+pub const TAIL_EVENTS: [&str; 9] = [
     "accepted",
     "attempt",
     "retry",
     "delivered",
     "dead",
     "expired",
+    "host_failing",
+    "host_paused",
+    "host_recovered",
 ];
 
 /// Which dead letters a `replay` or `purge` acts on.

@@ -108,5 +108,6 @@ fn entry_json(v: &EntryView) -> Value {
         "last_error": v.last_error,
         "response": v.response,
         "host_paused_until_ms": v.host_paused_until_ms,
+        "last_attempts": v.last_attempts,
     })
 }

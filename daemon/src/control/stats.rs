@@ -24,6 +24,12 @@ pub fn run(engine: &Engine) -> Answer {
                 "last_success_ms": h.last_success_ms,
                 "last_failure_ms": h.last_failure_ms,
                 "last_error": h.last_error,
+                "limit": h.limit,
+                "breaker": h.breaker,
+                "paused_until_ms": h.paused_until_ms,
+                "oldest_ready_ms": h.oldest_ready_ms,
+                "success_rate": h.success_rate,
+                "p95_attempt_ms": h.p95_attempt_ms,
             })
         })
         .collect();

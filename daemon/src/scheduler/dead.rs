@@ -44,6 +44,8 @@ pub struct EntryView {
     pub response: Option<String>,
     /// Until when its host is paused by the breaker, if it is.
     pub host_paused_until_ms: Option<u64>,
+    /// Its last attempts, oldest first (for recent requests).
+    pub last_attempts: Vec<super::AttemptRecord>,
 }
 
 fn view(key: &str, e: &Entry, st: &State) -> EntryView {
@@ -79,6 +81,7 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
             .filter(|_| !delivered)
             .map(Into::into),
         response: e.snippet.as_deref().map(Into::into),
+        last_attempts: st.history.of(key),
         host_paused_until_ms: {
             let b = &st.hosts[e.host as usize].breaker;
             (e.phase.is_pending() && b.paused(now_ms())).then(|| b.paused_until())

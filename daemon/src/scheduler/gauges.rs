@@ -48,13 +48,7 @@ impl Engine {
             if h.pending == 0 && h.in_flight == 0 && h.breaker.failures() == 0 {
                 continue;
             }
-            let state = if is_paused {
-                "open"
-            } else if h.breaker.failures() >= threshold {
-                "half_open"
-            } else {
-                "closed"
-            };
+            let state = h.breaker_state(now, threshold);
             rows.push((h.label.clone(), h.pending, h.in_flight, state));
         }
         let memory_bytes = st.bytes;

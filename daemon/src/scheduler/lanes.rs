@@ -74,6 +74,12 @@ impl Lanes {
         })
     }
 
+    /// The first id of each queue of one host.
+    pub fn fronts_of(&self, host: u32) -> impl Iterator<Item = &Arc<str>> {
+        let lane = &self.lanes[host as usize];
+        lane.fresh.front().into_iter().chain(lane.retry.front())
+    }
+
     /// Pops the ids at the front of every active lane for which `live` is
     /// false (they would be skipped when popped anyway).
     pub fn prune_fronts(&mut self, live: impl Fn(&Arc<str>) -> bool) {

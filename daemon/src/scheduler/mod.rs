@@ -26,6 +26,7 @@ mod dead;
 mod dispatch;
 mod entry;
 mod gauges;
+mod history;
 mod lanes;
 mod outcome;
 mod rate;
@@ -37,6 +38,7 @@ pub use breaker::{Breaker, BreakerConfig, Trip};
 pub use dead::{EntryView, Viewer};
 pub use entry::Phase;
 pub use gauges::Health;
+pub use history::AttemptRecord;
 pub use lanes::Lanes;
 pub use restore::RestoreResult;
 pub use tail::{Event, Subscription, TAIL_BUFFER};
@@ -78,6 +80,44 @@ struct Host {
     bucket: Option<rate::Bucket>,
     /// When the timer set for its next token fires (0: none set).
     rate_wake_ms: u64,
+    /// The last attempts (success, milliseconds), for `stats` and `top`.
+    recent: VecDeque<(bool, u32)>,
+}
+
+/// Attempts per host kept for the success rate and the p95 attempt time.
+const RECENT_ATTEMPTS: usize = 100;
+
+impl Host {
+    /// Notes an attempt's result and duration.
+    fn note(&mut self, ok: bool, ms: u64) {
+        if self.recent.len() == RECENT_ATTEMPTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((ok, ms.min(u32::MAX as u64) as u32));
+    }
+
+    /// Share of the last attempts that succeeded, and their p95 duration.
+    fn recent_stats(&self) -> (Option<f64>, Option<u64>) {
+        if self.recent.is_empty() {
+            return (None, None);
+        }
+        let ok = self.recent.iter().filter(|(ok, _)| *ok).count();
+        let mut ms: Vec<u32> = self.recent.iter().map(|(_, ms)| *ms).collect();
+        ms.sort_unstable();
+        let p95 = ms[(ms.len() * 95).div_ceil(100).saturating_sub(1)];
+        (Some(ok as f64 / self.recent.len() as f64), Some(p95 as u64))
+    }
+
+    /// The breaker's state, as `stats` and the metrics name it.
+    fn breaker_state(&self, now: u64, threshold: u32) -> &'static str {
+        if self.breaker.paused(now) {
+            "open"
+        } else if self.breaker.failures() >= threshold {
+            "half_open"
+        } else {
+            "closed"
+        }
+    }
 }
 
 impl Host {
@@ -167,6 +207,8 @@ struct State {
     listening: Arc<AtomicUsize>,
     /// Events built under the lock, sent once it is released.
     outbox: Vec<Arc<tail::Event>>,
+    /// The last attempts of recent requests, for `status` (bounded).
+    history: history::History,
     /// Each destination's lane settings, by name (reloaded on SIGHUP).
     dest_limits: HashMap<String, DestLimits>,
     /// A rate timer was set that the dispatcher may not know of yet.
@@ -319,6 +361,18 @@ pub struct HostView {
     pub last_failure_ms: Option<u64>,
     /// Last error text.
     pub last_error: Option<String>,
+    /// Attempts allowed at once now (1 while half-open).
+    pub limit: usize,
+    /// `closed`, `open` (paused) or `half_open` (one probe at a time).
+    pub breaker: &'static str,
+    /// Until when it is paused.
+    pub paused_until_ms: Option<u64>,
+    /// How long its oldest ready request has waited for a slot.
+    pub oldest_ready_ms: Option<u64>,
+    /// Share of its last 100 attempts that succeeded.
+    pub success_rate: Option<f64>,
+    /// 95th percentile of its last 100 attempts' durations.
+    pub p95_attempt_ms: Option<u64>,
 }
 
 impl Engine {
@@ -356,6 +410,7 @@ impl Engine {
                 metrics: metrics.clone(),
                 listening: listening.clone(),
                 outbox: Vec::new(),
+                history: history::History::default(),
                 dest_limits: dest_limits(cfg),
                 rate_kick: false,
             }),
@@ -483,21 +538,42 @@ impl Engine {
     /// The counters and gauges for `stats`.
     pub fn stats(&self) -> StatsView {
         let now = now_ms();
+        let dcfg = self.dcfg();
         let mut st = self.lock();
         let oldest = st.oldest_pending();
         let hosts = st
             .hosts
             .iter()
-            .filter(|h| h.pending > 0 || h.last_success_ms > 0 || h.last_failure_ms > 0)
-            .map(|h| HostView {
-                host: h.key.clone(),
-                pending: h.pending,
-                in_flight: h.in_flight,
-                paused: h.breaker.paused(now),
-                consecutive_failures: h.breaker.failures(),
-                last_success_ms: (h.last_success_ms > 0).then_some(h.last_success_ms),
-                last_failure_ms: (h.last_failure_ms > 0).then_some(h.last_failure_ms),
-                last_error: h.last_error.as_deref().map(Into::into),
+            .enumerate()
+            .filter(|(_, h)| h.pending > 0 || h.last_success_ms > 0 || h.last_failure_ms > 0)
+            .map(|(i, h)| {
+                let (success_rate, p95_attempt_ms) = h.recent_stats();
+                let max = h
+                    .limits
+                    .max_in_flight
+                    .unwrap_or(dcfg.max_in_flight_per_host);
+                HostView {
+                    host: h.key.clone(),
+                    pending: h.pending,
+                    in_flight: h.in_flight,
+                    paused: h.breaker.paused(now),
+                    consecutive_failures: h.breaker.failures(),
+                    last_success_ms: (h.last_success_ms > 0).then_some(h.last_success_ms),
+                    last_failure_ms: (h.last_failure_ms > 0).then_some(h.last_failure_ms),
+                    last_error: h.last_error.as_deref().map(Into::into),
+                    limit: h.breaker.limit(dcfg.breaker_threshold, max),
+                    breaker: h.breaker_state(now, dcfg.breaker_threshold),
+                    paused_until_ms: h.breaker.paused(now).then(|| h.breaker.paused_until()),
+                    oldest_ready_ms: st
+                        .lanes
+                        .fronts_of(i as u32)
+                        .filter_map(|id| st.entries.get(id))
+                        .filter(|e| e.phase == Phase::Queued)
+                        .map(|e| now.saturating_sub(e.next_ms))
+                        .max(),
+                    success_rate,
+                    p95_attempt_ms,
+                }
             })
             .collect();
         StatsView {
@@ -591,6 +667,7 @@ impl State {
             limits: DestLimits::default(),
             bucket: None,
             rate_wake_ms: 0,
+            recent: VecDeque::new(),
         };
         if let Some(l) = dest.and_then(|d| self.dest_limits.get(d)) {
             host.set_limits(*l, now_ms());

@@ -139,7 +139,8 @@ impl State {
                 Some(end)
             }
             Verdict::Retry => {
-                if h.breaker.failures() == 0 && !h.breaker.paused(now) {
+                let started_failing = h.breaker.failures() == 0 && !h.breaker.paused(now);
+                if started_failing {
                     // Once per failing streak: the per-request retries are at debug.
                     info!(host = %h.key, error = a.error.as_deref(), status = a.status, "host started failing; requests to it will be retried");
                 }
@@ -150,10 +151,22 @@ impl State {
                     cooldown_ms: dcfg.breaker_cooldown_ms,
                     cooldown_max_ms: dcfg.breaker_cooldown_max_ms,
                 };
-                if let Some(trip) = h.breaker.failed(now, a.started_ms, cfg) {
-                    warn!(host = %h.key, failures = trip.failures, pause_ms = trip.cooldown_ms, "host keeps failing; pausing deliveries to it");
+                let trip = h.breaker.failed(now, a.started_ms, cfg);
+                if started_failing {
+                    self.emit_host("host_failing", host, |ev| {
+                        ev.status = a.status;
+                        ev.error = a.error.clone();
+                    });
+                }
+                if let Some(trip) = trip {
+                    let key = &self.hosts[host as usize].key;
+                    warn!(host = %key, failures = trip.failures, pause_ms = trip.cooldown_ms, "host keeps failing; pausing deliveries to it");
                     self.timers.push(Reverse((trip.until, Timer::Host)));
                     kick = true;
+                    self.emit_host("host_paused", host, |ev| {
+                        ev.error = a.error.clone();
+                        ev.wait_ms = Some(trip.cooldown_ms);
+                    });
                 }
                 match self.retry_or_end(id, job, a, attempts, now, dcfg) {
                     Err(end) => Some(end),
@@ -231,6 +244,19 @@ impl State {
         e.last_error = err.clone();
         e.snippet = a.snippet.clone().map(Into::into);
         let noted = (e.attempts, e.job.loc(), e.accepted_ms, err);
+        self.hosts[host as usize].note(
+            a.verdict == Verdict::Success,
+            now.saturating_sub(a.started_ms),
+        );
+        self.history.note(
+            id,
+            super::AttemptRecord {
+                at_ms: a.started_ms,
+                duration_ms: now.saturating_sub(a.started_ms),
+                status: a.status,
+                error: noted.3.clone(),
+            },
+        );
         self.emit("attempt", id, |ev| {
             ev.status = a.status;
             ev.error = a.error.clone();
@@ -254,10 +280,11 @@ impl State {
         dcfg: &DeliveryConfig,
     ) -> (Phase, bool) {
         let url = tracing::field::display(crate::job::Redacted(&job.uri));
-        let h = &mut self.hosts[host as usize];
-        if h.breaker.failures() > 0 {
-            info!(host = %h.key, "host recovered: it answers again");
+        if self.hosts[host as usize].breaker.failures() > 0 {
+            info!(host = %self.hosts[host as usize].key, "host recovered: it answers again");
+            self.emit_host("host_recovered", host, |ev| ev.status = a.status);
         }
+        let h = &mut self.hosts[host as usize];
         let kick = h.breaker.answered(now, dcfg.breaker_threshold);
         if a.verdict == Verdict::Success {
             h.last_success_ms = now;

@@ -19,11 +19,13 @@ pub const TAIL_BUFFER: usize = 4096;
 /// One step of one request.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
-    /// `accepted`, `attempt`, `retry`, `delivered`, `dead` or `expired`.
+    /// `accepted`, `attempt`, `retry`, `delivered`, `dead`, `expired`, or
+    /// about a host: `host_failing`, `host_paused`, `host_recovered`.
     pub event: &'static str,
     /// When (Unix ms).
     pub at_ms: u64,
-    /// The request's id, as its sender knows it.
+    /// The request's id, as its sender knows it (empty for host events).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub id: String,
     /// The sender's uid.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +116,28 @@ impl State {
             owner: owned.then_some(e.owner),
             host: self.hosts[e.host as usize].key.clone(),
             attempts: e.attempts,
+            ..Event::default()
+        };
+        fill(&mut ev);
+        self.outbox.push(Arc::new(ev));
+    }
+
+    /// Sends an event about a host (failing, paused, recovered), if anyone
+    /// listens. It names no request and no owner: only root and ffd's own
+    /// user see it.
+    pub(super) fn emit_host(
+        &mut self,
+        event: &'static str,
+        host: u32,
+        fill: impl FnOnce(&mut Event),
+    ) {
+        if self.listening.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut ev = Event {
+            event,
+            at_ms: now_ms(),
+            host: self.hosts[host as usize].key.clone(),
             ..Event::default()
         };
         fill(&mut ev);
