@@ -86,6 +86,17 @@ impl World {
         }
     }
 
+    /// The process is gone (and in `always` mode, the power too): the
+    /// next open sees what survived, and its calls work again.
+    fn crash(&mut self, mode: FsyncMode) {
+        if mode == FsyncMode::Always {
+            self.power_loss();
+        }
+        self.frozen = false;
+        self.fail_at = None;
+        self.freeze_at = None;
+    }
+
     fn power_loss(&mut self) {
         self.names = self.durable_names.clone();
         for i in 0..self.inodes.len() {
@@ -550,15 +561,7 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
             }
             Op::Reopen => {
                 drop(spool);
-                {
-                    let mut w = fs.world();
-                    if mode == FsyncMode::Always {
-                        w.power_loss();
-                    }
-                    w.frozen = false;
-                    w.fail_at = None;
-                    w.freeze_at = None;
-                }
+                fs.world().crash(mode);
                 let (s, replay) = open(&fs, mode);
                 spool = s;
                 m.check_replay(&spool, replay)?;
@@ -567,15 +570,7 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
     }
     // Every case ends with a crash and a check.
     drop(spool);
-    {
-        let mut w = fs.world();
-        if mode == FsyncMode::Always {
-            w.power_loss();
-        }
-        w.frozen = false;
-        w.fail_at = None;
-        w.freeze_at = None;
-    }
+    fs.world().crash(mode);
     let (spool, replay) = open(&fs, mode);
     m.check_replay(&spool, replay)
 }

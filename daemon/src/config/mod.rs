@@ -484,11 +484,10 @@ impl Config {
     fn validate_destination(&self, name: &str, dest: &Destination) -> Result<()> {
         let key = format!("destinations.{name}");
         dest.signing_keys(name)?;
-        let at_least = |k: &str, v: Option<u64>, min: u64| -> Result<()> {
-            match v {
-                Some(v) if v < min => bail!("key `{key}.{k}`: must be at least {min}, got {v}"),
-                _ => Ok(()),
-            }
+        // The `[delivery]` rule, for the keys this destination sets.
+        let at_least = |k: &str, v: Option<u64>, min: u64| match v {
+            Some(v) => at_least(&format!("{key}.{k}"), v, min),
+            None => Ok(()),
         };
         at_least("timeout_ms", dest.timeout_ms, 1)?;
         at_least("max_attempts", dest.max_attempts.map(u64::from), 1)?;
