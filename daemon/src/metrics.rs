@@ -251,6 +251,22 @@ impl Metrics {
         );
     }
 
+    /// Refused lines with this code so far.
+    pub fn rejected_count(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.rejected[i].get())
+    }
+
+    /// Requests that reached this end state so far.
+    pub fn finished_count(&self, state: &str) -> u64 {
+        FINISHED
+            .iter()
+            .position(|s| *s == state)
+            .map_or(0, |i| self.finished[i].get())
+    }
+
     /// Counts a refused line.
     pub fn rejected(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {

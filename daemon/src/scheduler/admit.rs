@@ -190,7 +190,6 @@ impl Engine {
             for (k, (_, job, _)) in fresh.iter().enumerate() {
                 kick |= st.commit(job, locs.get(k).copied());
             }
-            st.counters.accepted += fresh.len() as u64;
             self.metrics.accepted.inc_by(fresh.len() as u64);
             st.counters.duplicates += same_as.len() as u64;
             let events = st.take_events();

@@ -56,7 +56,7 @@ use host::{DestLimits, Host};
 use http::{HeaderName, HeaderValue, Uri};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -71,11 +71,7 @@ enum Timer {
 
 #[derive(Default)]
 struct Counters {
-    accepted: u64,
-    delivered: u64,
-    retried: u64,
-    dead: u64,
-    expired: u64,
+    /// The other counts are the metrics' counters (`Engine::metrics`).
     duplicates: u64,
 }
 
@@ -139,7 +135,6 @@ pub struct Engine {
     room: Notify,
     deliverer: Arc<Deliverer>,
     spool: Option<Arc<Spool>>,
-    rejected: [AtomicU64; ErrorCode::ALL.len()],
     /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Subscribers of `tail`.
@@ -326,7 +321,6 @@ impl Engine {
             room: Notify::new(),
             deliverer,
             spool,
-            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             metrics,
             tail: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
             listening,
@@ -408,15 +402,13 @@ impl Engine {
             "{} queued, {} in flight, {} delivered, {} dead letters",
             st.pending - st.in_flight,
             st.in_flight,
-            st.counters.delivered,
+            self.metrics.finished_count("delivered"),
             st.dead.len()
         )
     }
 
     /// Counts a refused line.
     pub fn count_rejected(&self, code: ErrorCode) {
-        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
-        self.rejected[i].fetch_add(1, Ordering::Relaxed);
         self.metrics.rejected(code);
     }
 
@@ -483,18 +475,18 @@ impl Engine {
                 }
             })
             .collect();
+        let m = &self.metrics;
         StatsView {
-            accepted: st.counters.accepted,
+            accepted: m.accepted.get(),
             duplicates: st.counters.duplicates,
             rejected: ErrorCode::ALL
                 .iter()
-                .zip(&self.rejected)
-                .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+                .map(|c| (*c, m.rejected_count(*c)))
                 .collect(),
-            delivered: st.counters.delivered,
-            retried: st.counters.retried,
-            dead: st.counters.dead,
-            expired: st.counters.expired,
+            delivered: m.finished_count("delivered"),
+            retried: m.retries.get(),
+            dead: m.finished_count("dead"),
+            expired: m.finished_count("expired"),
             queued: st.pending - st.in_flight,
             in_flight: st.in_flight,
             dead_letters: st.dead.len(),

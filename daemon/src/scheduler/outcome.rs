@@ -324,7 +324,6 @@ impl State {
             return Err(Phase::Expired);
         }
         debug!(id = %job.id, url, status = a.status, error = a.error.as_deref(), attempts, wait_ms = wait, "delivery failed; will retry");
-        self.counters.retried += 1;
         self.metrics.retries.inc();
         self.cool(id);
         Ok((at, self.schedule(id, at, true)))
@@ -371,7 +370,6 @@ impl State {
                 e.job = JobRef::Gone;
                 self.bytes -= e.bytes;
                 e.bytes = 0;
-                self.counters.delivered += 1;
                 self.metrics.finished("delivered");
                 self.remember_delivered(id.clone(), history);
             }
@@ -381,10 +379,8 @@ impl State {
                 e.dead_seq = seq;
                 self.dead.insert(seq, id.clone());
                 if phase == Phase::Dead {
-                    self.counters.dead += 1;
                     self.metrics.finished("dead");
                 } else {
-                    self.counters.expired += 1;
                     self.metrics.finished("expired");
                 }
             }
