@@ -579,6 +579,27 @@ pub fn validate_id(id: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Why a header may not be set by a caller or a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRefusal {
+    /// `host`: ffd sets Host from the URL.
+    Host,
+    /// One of [`HOP_BY_HOP`]: about one connection, or computed by ffd.
+    HopByHop,
+}
+
+/// Whether a header may not be set, and why: the one rule for sends and
+/// for the config's destination headers.
+pub fn refused_header(name: &http::HeaderName) -> Option<HeaderRefusal> {
+    if *name == http::header::HOST {
+        Some(HeaderRefusal::Host)
+    } else if HOP_BY_HOP.contains(&name.as_str()) {
+        Some(HeaderRefusal::HopByHop)
+    } else {
+        None
+    }
+}
+
 fn validate_header(
     name: String,
     value: String,
@@ -586,16 +607,19 @@ fn validate_header(
     let hn = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
         ProtoError::bad_request(format!("header name is not a valid token: {}", show(&name)))
     })?;
-    if hn == http::header::HOST {
-        return Err(ProtoError::bad_request(
-            "header `host` cannot be set: ffd sets Host from the URL (put the host in `url`)",
-        ));
-    }
-    if HOP_BY_HOP.contains(&hn.as_str()) {
-        return Err(ProtoError::bad_request(format!(
-            "header `{}` is hop-by-hop or computed by ffd and cannot be set",
-            hn.as_str()
-        )));
+    match refused_header(&hn) {
+        Some(HeaderRefusal::Host) => {
+            return Err(ProtoError::bad_request(
+                "header `host` cannot be set: ffd sets Host from the URL (put the host in `url`)",
+            ))
+        }
+        Some(HeaderRefusal::HopByHop) => {
+            return Err(ProtoError::bad_request(format!(
+                "header `{}` is hop-by-hop or computed by ffd and cannot be set",
+                hn.as_str()
+            )))
+        }
+        None => {}
     }
     let hv = http::HeaderValue::try_from(value).map_err(|_| {
         // Never echo the value: it may be a secret.

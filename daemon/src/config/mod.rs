@@ -467,14 +467,20 @@ impl Config {
         }
         for (h, v) in &dest.headers {
             let hn = http::HeaderName::from_bytes(h.as_bytes());
-            if hn.is_err() || http::HeaderValue::from_str(v).is_err() {
+            let Ok(hn) = hn else {
+                bail!("key `{key}.headers.{h}`: not a valid header name and value");
+            };
+            if http::HeaderValue::from_str(v).is_err() {
                 bail!("key `{key}.headers.{h}`: not a valid header name and value");
             }
-            if h.eq_ignore_ascii_case("host") {
-                bail!("key `{key}.headers.{h}`: ffd sets Host from the URL; it cannot be set");
-            }
-            if ffd_proto::HOP_BY_HOP.contains(&h.to_ascii_lowercase().as_str()) {
-                bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set");
+            match ffd_proto::refused_header(&hn) {
+                Some(ffd_proto::HeaderRefusal::Host) => {
+                    bail!("key `{key}.headers.{h}`: ffd sets Host from the URL; it cannot be set")
+                }
+                Some(ffd_proto::HeaderRefusal::HopByHop) => {
+                    bail!("key `{key}.headers.{h}`: hop-by-hop header cannot be set")
+                }
+                None => {}
             }
         }
         Ok(())
