@@ -172,6 +172,7 @@ fn spawn_tasks(
     shutdown: &shutdown::Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(engine.clone().run_dispatcher(shutdown.clone()));
+    tokio::spawn(engine.clone().run_housekeeping(shutdown.clone()));
     let accept = tokio::spawn(ingest::listener::run(
         listener,
         engine.clone(),

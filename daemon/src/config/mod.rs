@@ -178,6 +178,9 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Reject or block when full.
     pub when_full: WhenFull,
+    /// Pending requests of one lane (host or destination) kept in memory;
+    /// the rest of its backlog stays in the spool and is read back in order.
+    pub memory_window: usize,
 }
 
 /// Delivery settings.
@@ -263,6 +266,7 @@ impl Default for SpoolConfig {
             max_bytes: 1 << 30,
             segment_bytes: 64 << 20,
             when_full: WhenFull::Reject,
+            memory_window: 16_384,
         }
     }
 }
@@ -368,6 +372,7 @@ impl Config {
         if self.spool.segment_bytes > self.spool.max_bytes {
             bail!("key `spool.segment_bytes`: must not exceed `spool.max_bytes`");
         }
+        at_least("spool.memory_window", self.spool.memory_window as u64, 2)?;
         self.validate_delivery()?;
         self.metrics.listen()?;
         let d = &self.delivery;
@@ -625,6 +630,7 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         spool.max_bytes,
         spool.segment_bytes,
         spool.when_full,
+        spool.memory_window,
         delivery.connect_timeout_ms,
         delivery.id_header,
         delivery.user_agent,

@@ -48,6 +48,7 @@ pub fn run(engine: &Engine) -> Answer {
             "dead": s.dead,
             "expired": s.expired,
             "queued": s.queued,
+            "paged_out": s.paged_out,
             "in_flight": s.in_flight,
             "dead_letters": s.dead_letters,
             "oldest_pending_age_ms": s.oldest_pending_age_ms,

@@ -333,34 +333,41 @@ impl Engine {
             st.counters.duplicates += 1;
             return Ok(Reserve::Known);
         }
+        if st.cold.contains(&job.key) {
+            st.counters.duplicates += 1;
+            return Ok(Reserve::Known);
+        }
         if used + bytes > self.max_bytes {
             return Ok(Reserve::Full);
         }
         st.bytes += bytes;
-        st.entries.insert(
-            job.key.clone(),
-            Entry {
-                job: JobRef::Mem(job.clone()),
-                committed: false,
-                host,
-                owner: job.owner.map_or(NO_OWNER, |o| o.uid),
-                max_attempts: job.max_attempts,
-                expires_ms: job.expires_ms,
-                // Not queued until committed: an entry in this phase with no
-                // timer and no queue slot is invisible to the dispatcher.
-                phase: Phase::Waiting,
-                attempts: 0,
-                next_ms: u64::MAX,
-                accepted_ms: job.accepted_ms,
-                finished_ms: 0,
-                bytes,
-                last_status: None,
-                last_error: None,
-                snippet: None,
-                dead_seq: 0,
-            },
-        );
+        st.entries
+            .insert(job.key.clone(), new_entry(job, host, bytes));
         Ok(Reserve::Reserved)
+    }
+}
+
+/// The entry of a new send, reserved and not yet committed.
+fn new_entry(job: &Arc<Job>, host: u32, bytes: u64) -> Entry {
+    Entry {
+        job: JobRef::Mem(job.clone()),
+        committed: false,
+        host,
+        owner: job.owner.map_or(NO_OWNER, |o| o.uid),
+        max_attempts: job.max_attempts,
+        expires_ms: job.expires_ms,
+        // Not queued until committed: an entry in this phase with no
+        // timer and no queue slot is invisible to the dispatcher.
+        phase: Phase::Waiting,
+        attempts: 0,
+        next_ms: u64::MAX,
+        accepted_ms: job.accepted_ms,
+        finished_ms: 0,
+        bytes,
+        last_status: None,
+        last_error: None,
+        snippet: None,
+        dead_seq: 0,
     }
 }
 
@@ -385,6 +392,19 @@ impl State {
             return false;
         }
         e.committed = true;
+        let host = e.host;
+        if let Some(loc) = loc.filter(|l| self.goes_cold(host, *l)) {
+            // Told before the entry goes: the event reads it.
+            self.emit("accepted", &job.key, |_| {});
+            if let Some(e) = self.entries.remove(&job.key) {
+                self.bytes -= e.bytes;
+            }
+            self.make_cold(host, &job.key, loc);
+            return false;
+        }
+        let Some(e) = self.entries.get_mut(&job.key) else {
+            return false;
+        };
         if let Some(loc) = loc {
             e.job = if self.hot_bytes + e.bytes <= HOT_BYTES {
                 self.hot_bytes += e.bytes;

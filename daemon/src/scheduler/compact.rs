@@ -43,8 +43,13 @@ impl Engine {
         let mut st = self.lock();
         let mut n = 0;
         let mut busy = 0;
+        let mut cold = 0;
         for (job, loc) in jobs {
             let Some(e) = st.entries.get_mut(&job.key) else {
+                // A cold request stays where its lane's list points.
+                if st.cold.contains(&job.key) {
+                    cold += 1;
+                }
                 continue;
             };
             // Only the job's latest record matters; older copies are dead weight.
@@ -87,12 +92,20 @@ impl Engine {
         }
         spool.retire(seg);
         drop(st);
-        debug!(segment = seg, jobs = n, busy, "compacted spool segment");
+        debug!(
+            segment = seg,
+            jobs = n,
+            busy,
+            cold,
+            "compacted spool segment"
+        );
         if n == 0 && busy == 0 {
-            warn!(
-                segment = seg,
-                "spool segment counted live jobs the scheduler does not hold; left in place"
-            );
+            if cold == 0 {
+                warn!(
+                    segment = seg,
+                    "spool segment counted live jobs the scheduler does not hold; left in place"
+                );
+            }
             *self
                 .futile_compaction
                 .lock()

@@ -69,7 +69,7 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
         max_attempts: e.max_attempts,
         method,
         url,
-        host: st.hosts[e.host as usize].key.clone(),
+        host: st.host_name(e),
         accepted_ms: e.accepted_ms,
         next_attempt_ms: (e.phase == Phase::Waiting && e.next_ms != u64::MAX).then_some(e.next_ms),
         expires_ms: e.expires_ms,
@@ -83,8 +83,9 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
         response: e.snippet.as_deref().map(Into::into),
         last_attempts: st.history.of(key),
         host_paused_until_ms: {
-            let b = &st.hosts[e.host as usize].breaker;
-            (e.phase.is_pending() && b.paused(now_ms())).then(|| b.paused_until())
+            let b = st.hosts.get(e.host as usize).map(|h| &h.breaker);
+            b.filter(|b| e.phase.is_pending() && b.paused(now_ms()))
+                .map(|b| b.paused_until())
         },
     }
 }
@@ -121,10 +122,59 @@ impl Engine {
                 .and_then(|k| st.entries.get_key_value(k))
                 .or_else(|| viewer.admin.then(|| st.entries.get_key_value(id)).flatten())
                 .filter(|(_, e)| viewer.sees(e));
-            let (key, e) = found?;
-            (e.job.clone(), view(key, e, &st))
+            match found {
+                Some((key, e)) => (e.job.clone(), view(key, e, &st)),
+                None => {
+                    let key = match own {
+                        Some(k) if st.cold.contains(&k) => k,
+                        _ if viewer.admin && st.cold.contains(id) => id.into(),
+                        _ => return None,
+                    };
+                    drop(st);
+                    return self.status_cold(&key, viewer);
+                }
+            }
         };
         self.add_request(&r, &mut v);
+        Some(v)
+    }
+
+    /// `status` of a request kept in the spool only: its record says all
+    /// (it has had no attempt). Read back from the spool; if it was paged
+    /// in meanwhile, it is in memory.
+    fn status_cold(&self, key: &str, viewer: Viewer) -> Option<EntryView> {
+        let Some((r, lane)) = self.find_cold(key) else {
+            let st = self.lock();
+            let e = st.entries.get(key).filter(|e| viewer.sees(e))?;
+            let (job, mut v) = (e.job.clone(), view(key, e, &st));
+            drop(st);
+            self.add_request(&job, &mut v);
+            return Some(v);
+        };
+        let owner = r.owner.map(|o| o.uid);
+        if !viewer.admin && (owner.is_none() || owner != viewer.uid) {
+            return None;
+        }
+        let mut v = EntryView {
+            id: super::page::shown_id(&r),
+            owner,
+            phase: Phase::Queued,
+            attempts: r.state.attempts,
+            max_attempts: r.max_attempts,
+            method: None,
+            url: None,
+            host: lane,
+            accepted_ms: r.accepted_ms,
+            next_attempt_ms: None,
+            expires_ms: r.expires_ms,
+            finished_ms: None,
+            last_status: None,
+            last_error: None,
+            response: None,
+            host_paused_until_ms: None,
+            last_attempts: Vec::new(),
+        };
+        self.add_request(&JobRef::Disk(r.loc), &mut v);
         Some(v)
     }
 

@@ -39,14 +39,18 @@ impl Engine {
     pub async fn run_dispatcher(self: Arc<Self>, mut shutdown: Shutdown) {
         loop {
             let notified = self.wake.notified();
-            let (starts, next, events) = {
+            let (starts, next, events, pages) = {
                 let dcfg = self.dcfg();
                 let mut st = self.lock();
                 let now = now_ms();
                 let starts = st.collect(now, &dcfg, self.spool.as_deref());
-                (starts, st.next_wake(), st.take_events())
+                let pages = st.take_page_ins();
+                (starts, st.next_wake(), st.take_events(), pages)
             };
             self.publish(events);
+            for (host, locs) in pages {
+                tokio::spawn(self.clone().page_in(host, locs));
+            }
             for start in starts {
                 tokio::spawn(self.clone().deliver(start, shutdown.clone()));
             }

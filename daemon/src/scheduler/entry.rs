@@ -71,6 +71,10 @@ impl JobRef {
 /// `Entry::owner` of a request without an owner.
 pub(crate) const NO_OWNER: u32 = u32::MAX;
 
+/// `Entry::host` of a delivered request: it no longer holds its host in
+/// memory (the host can be dropped when idle); its `METHOD url` names it.
+pub(crate) const NO_HOST: u32 = u32::MAX;
+
 pub(crate) struct Entry {
     pub(crate) job: JobRef,
     /// False between reserve and the end of its spool write: a duplicate
@@ -109,6 +113,8 @@ pub(crate) struct Entries {
     index: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
+    /// Entries of each host: a host is dropped only when none names it.
+    host_refs: Vec<u32>,
 }
 
 impl Entries {
@@ -131,8 +137,41 @@ impl Entries {
         self.index.contains_key(id)
     }
 
+    /// Entries that name host `h`.
+    pub(crate) fn refs(&self, h: u32) -> u32 {
+        self.host_refs.get(h as usize).copied().unwrap_or(0)
+    }
+
+    fn hold(&mut self, h: u32) {
+        if h == NO_HOST {
+            return;
+        }
+        let h = h as usize;
+        if h >= self.host_refs.len() {
+            self.host_refs.resize(h + 1, 0);
+        }
+        self.host_refs[h] += 1;
+    }
+
+    fn release(&mut self, h: u32) {
+        if let Some(r) = self.host_refs.get_mut(h as usize) {
+            *r -= 1;
+        }
+    }
+
+    /// A delivered entry lets go of its host.
+    pub(crate) fn detach_host(&mut self, id: &str) {
+        let Some(&i) = self.index.get(id) else { return };
+        let Some(e) = self.slots[i as usize].as_mut() else {
+            return;
+        };
+        let h = std::mem::replace(&mut e.host, NO_HOST);
+        self.release(h);
+    }
+
     /// Inserts an entry for an id not present.
     pub(crate) fn insert(&mut self, id: Arc<str>, e: Entry) {
+        self.hold(e.host);
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(e);
@@ -145,7 +184,9 @@ impl Entries {
         };
         if let Some(old) = self.index.insert(id, i) {
             // Not expected (callers check first); keep the slots consistent.
-            self.slots[old as usize] = None;
+            if let Some(e) = self.slots[old as usize].take() {
+                self.release(e.host);
+            }
             self.free.push(old);
         }
     }
@@ -153,7 +194,9 @@ impl Entries {
     pub(crate) fn remove(&mut self, id: &str) -> Option<Entry> {
         let i = self.index.remove(id)?;
         self.free.push(i);
-        self.slots[i as usize].take()
+        let e = self.slots[i as usize].take()?;
+        self.release(e.host);
+        Some(e)
     }
 }
 

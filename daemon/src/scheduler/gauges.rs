@@ -136,10 +136,10 @@ impl State {
                 })
                 .map(|(at, _)| *at)
         };
-        match (oldest(&self.arrivals), oldest(&self.restored)) {
-            (Some(a), Some(b)) => now.saturating_sub(a.min(b)),
-            (Some(a), None) | (None, Some(a)) => now.saturating_sub(a),
-            (None, None) => 0,
-        }
+        [&self.arrivals, &self.restored, &self.paged]
+            .into_iter()
+            .filter_map(oldest)
+            .min()
+            .map_or(0, |at| now.saturating_sub(at))
     }
 }

@@ -2,6 +2,7 @@
 //! scheduler sees it: its breaker, limits, counts and recent attempts, and
 //! how lanes are found or made.
 
+use super::page::ColdLoc;
 use super::{rate, Breaker, State};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
@@ -33,6 +34,43 @@ pub(super) struct Host {
     pub(super) rate_wake_ms: u64,
     /// The last attempts (success, milliseconds), for `stats` and `top`.
     pub(super) recent: VecDeque<(bool, u32)>,
+    /// Its cold requests, in order ([`super::page`]); counted in `pending`.
+    pub(super) cold: VecDeque<ColdLoc>,
+    /// Cold requests being read back (also counted in `pending`).
+    pub(super) paging: usize,
+    /// In the list of lanes to page in.
+    pub(super) page_wanted: bool,
+    /// When it was made (Unix ms): a new host is not dropped at once.
+    pub(super) created_ms: u64,
+}
+
+/// How long a host of raw URLs stays after its last work.
+pub(super) const HOST_IDLE_MS: u64 = 30_000;
+
+impl Host {
+    /// The place of a dropped host (an empty key), until a new host takes
+    /// its number.
+    fn vacant() -> Host {
+        Host {
+            key: String::new(),
+            label: String::new(),
+            breaker: Breaker::default(),
+            in_flight: 0,
+            pending: 0,
+            last_success_ms: 0,
+            last_failure_ms: 0,
+            last_error: None,
+            dest: None,
+            limits: DestLimits::default(),
+            bucket: None,
+            rate_wake_ms: 0,
+            recent: VecDeque::new(),
+            cold: VecDeque::new(),
+            paging: 0,
+            page_wanted: false,
+            created_ms: 0,
+        }
+    }
 }
 
 /// Attempts per host kept for the success rate and the p95 attempt time.
@@ -125,20 +163,27 @@ impl State {
         i
     }
 
-    /// The lane with this key, made on first sight.
+    /// The lane with this key, made on first sight (taking the number of
+    /// a dropped host if there is one).
     pub(super) fn host_for_key(&mut self, key: &str, dest: Option<&str>) -> u32 {
         if let Some(i) = self.host_index.get(key) {
             return *i;
         }
-        let i = self.lanes.add();
-        debug_assert_eq!(i as usize, self.hosts.len());
         // Destinations, and the first hosts seen, get a metrics label of
-        // their own; the rest share `_other` (bounded label sets).
-        let label = if (i as usize) < HOST_LABELS || dest.is_some() {
+        // their own; the rest share `_other` (bounded label sets, also as
+        // hosts come and go).
+        let own = dest.is_some()
+            || self.labelled.contains(key)
+            || (self.labelled.len() < HOST_LABELS && {
+                self.labelled.insert(key.to_string());
+                true
+            });
+        let label = if own {
             key.to_string()
         } else {
             "_other".to_string()
         };
+        let now = now_ms();
         let mut host = Host {
             key: key.to_string(),
             label,
@@ -153,18 +198,134 @@ impl State {
             bucket: None,
             rate_wake_ms: 0,
             recent: VecDeque::new(),
+            cold: VecDeque::new(),
+            paging: 0,
+            page_wanted: false,
+            created_ms: now,
         };
         if let Some(l) = dest.and_then(|d| self.dest_limits.get(d)) {
-            host.set_limits(*l, now_ms());
+            host.set_limits(*l, now);
         }
-        self.hosts.push(host);
+        let i = match self.free_hosts.pop() {
+            Some(i) => {
+                self.hosts[i as usize] = host;
+                i
+            }
+            None => {
+                let i = self.lanes.add();
+                debug_assert_eq!(i as usize, self.hosts.len());
+                self.hosts.push(host);
+                i
+            }
+        };
         self.host_index.insert(key.to_string(), i);
         i
+    }
+
+    /// Drops the hosts of raw URLs that have had nothing to do for
+    /// [`HOST_IDLE_MS`]: nothing pending, in flight or paused, and no
+    /// request kept for `status` or as a dead letter. A busy day's hosts
+    /// do not stay in memory for ever; a host that comes back starts
+    /// afresh. Returns how many went.
+    pub(super) fn prune_hosts(&mut self, now: u64) -> usize {
+        let mut dropped = 0;
+        for i in 0..self.hosts.len() as u32 {
+            let h = &self.hosts[i as usize];
+            let idle_since = h.last_success_ms.max(h.last_failure_ms).max(h.created_ms);
+            if h.key.is_empty()
+                || h.dest.is_some()
+                || h.pending > 0
+                || h.in_flight > 0
+                || h.paging > 0
+                || h.page_wanted
+                || h.breaker.paused(now)
+                || now.saturating_sub(idle_since) < HOST_IDLE_MS
+                || self.entries.refs(i) > 0
+                || self.lanes.is_active(i)
+            {
+                continue;
+            }
+            let gone = std::mem::replace(&mut self.hosts[i as usize], Host::vacant());
+            self.host_index.remove(&gone.key);
+            if self.last_host.as_ref().is_some_and(|(_, _, j)| *j == i) {
+                self.last_host = None;
+            }
+            self.lanes.reset(i);
+            self.free_hosts.push(i);
+            dropped += 1;
+        }
+        if dropped > 0 {
+            // Vacant numbers at the end go, and the memory with them.
+            let keep = self
+                .hosts
+                .iter()
+                .rposition(|h| !h.key.is_empty())
+                .map_or(0, |p| p + 1);
+            self.hosts.truncate(keep);
+            if self.hosts.capacity() > 2 * keep.max(16) {
+                self.hosts.shrink_to_fit();
+            }
+            self.lanes.truncate(keep);
+            self.free_hosts.retain(|i| (*i as usize) < keep);
+            self.free_hosts.shrink_to_fit();
+            if self.host_index.capacity() > 4 * self.host_index.len().max(16) {
+                self.host_index.shrink_to_fit();
+            }
+        }
+        dropped
+    }
+
+    /// The lane a request's `status` and events name. A delivered request
+    /// no longer holds its host: its `METHOD url` (see `Entry::last_error`)
+    /// names it.
+    pub(super) fn host_name(&self, e: &super::entry::Entry) -> String {
+        if let Some(h) = self.hosts.get(e.host as usize) {
+            return h.key.clone();
+        }
+        e.last_error
+            .as_deref()
+            .and_then(|r| r.split_once(' '))
+            .and_then(|(_, url)| url.parse::<Uri>().ok())
+            .map(|u| crate::job::host_key(&u))
+            .unwrap_or_default()
     }
 
     /// The backoff of a request's lane: its destination's, else `delivery`'s.
     pub(super) fn backoff_of(&self, id: &str) -> Option<Backoff> {
         let e = self.entries.get(id)?;
         self.hosts.get(e.host as usize)?.limits.backoff
+    }
+}
+
+impl super::Engine {
+    /// Drops idle hosts every few seconds until draining begins.
+    pub async fn run_housekeeping(
+        self: std::sync::Arc<Self>,
+        mut shutdown: crate::shutdown::Shutdown,
+    ) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let dropped = self.lock().prune_hosts(now_ms());
+                    if dropped > 0 {
+                        tracing::debug!(hosts = dropped, "idle hosts dropped");
+                        trim_heap();
+                    }
+                }
+                _ = shutdown.draining() => return,
+            }
+        }
+    }
+}
+
+/// Gives freed heap memory back to the system. glibc keeps what a burst
+/// (many hosts' connections, a page-in) freed in its arenas, so RSS would
+/// stay at the burst's peak; `malloc_trim` returns the free pages.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

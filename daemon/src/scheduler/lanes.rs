@@ -51,6 +51,26 @@ impl Lanes {
         (self.lanes.len() - 1) as u32
     }
 
+    /// Whether `host`'s lane is in the rotation.
+    pub fn is_active(&self, host: u32) -> bool {
+        self.lanes[host as usize].active
+    }
+
+    /// Empties the lane of a dropped host (not in the rotation) for the
+    /// next host to take its number.
+    pub fn reset(&mut self, host: u32) {
+        self.lanes[host as usize] = Lane::default();
+    }
+
+    /// Lanes `n` and up go (all reset); their memory is given back when
+    /// the list shrank to less than half.
+    pub fn truncate(&mut self, n: usize) {
+        self.lanes.truncate(n);
+        if self.lanes.capacity() > 2 * n.max(16) {
+            self.lanes.shrink_to_fit();
+        }
+    }
+
     /// Queues `id` on `host`'s lane (`retry`: the retry queue).
     pub fn push(&mut self, host: u32, id: Arc<str>, retry: bool) {
         let lane = &mut self.lanes[host as usize];

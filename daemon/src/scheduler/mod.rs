@@ -30,6 +30,7 @@ mod history;
 mod host;
 mod lanes;
 mod outcome;
+mod page;
 mod rate;
 mod restore;
 mod tail;
@@ -80,6 +81,11 @@ struct State {
     entries: Entries,
     hosts: Vec<Host>,
     host_index: HashMap<String, u32>,
+    /// Numbers of dropped hosts, for new ones to take.
+    free_hosts: Vec<u32>,
+    /// Hosts of raw URLs given a metrics label of their own (at most
+    /// `HOST_LABELS`, ever).
+    labelled: std::collections::HashSet<String>,
     /// The host of the last lookup: (https, authority, index).
     last_host: Option<(bool, String, u32)>,
     lanes: Lanes,
@@ -102,6 +108,11 @@ struct State {
     /// `stats` does not walk every entry.
     arrivals: VecDeque<(u64, Arc<str>)>,
     restored: VecDeque<(u64, Arc<str>)>,
+    /// Paged-in ids, in the order they came back (acceptance order within
+    /// a lane).
+    paged: VecDeque<(u64, Arc<str>)>,
+    /// Requests kept in the spool only, and lanes waiting for a page-in.
+    cold: page::Cold,
     draining: bool,
     counters: Counters,
     metrics: Arc<Metrics>,
@@ -225,6 +236,8 @@ pub struct StatsView {
     pub expired: u64,
     /// Waiting for a slot or a timer.
     pub queued: usize,
+    /// Of those, kept in the spool only (`spool.memory_window`).
+    pub paged_out: usize,
     /// Attempts running.
     pub in_flight: usize,
     /// Dead letters kept.
@@ -294,6 +307,8 @@ impl Engine {
                 entries: Entries::default(),
                 hosts: Vec::new(),
                 host_index: HashMap::new(),
+                free_hosts: Vec::new(),
+                labelled: Default::default(),
                 last_host: None,
                 lanes: Lanes::default(),
                 timers: BinaryHeap::new(),
@@ -307,6 +322,8 @@ impl Engine {
                 hot_bytes: 0,
                 arrivals: VecDeque::new(),
                 restored: VecDeque::new(),
+                paged: VecDeque::new(),
+                cold: page::Cold::with_window(cfg.spool.memory_window),
                 draining: false,
                 counters: Counters::default(),
                 metrics: metrics.clone(),
@@ -488,6 +505,7 @@ impl Engine {
             dead: m.finished_count("dead"),
             expired: m.finished_count("expired"),
             queued: st.pending - st.in_flight,
+            paged_out: st.cold.len(),
             in_flight: st.in_flight,
             dead_letters: st.dead.len(),
             oldest_pending_age_ms: oldest.map(|t| now.saturating_sub(t)),
@@ -516,10 +534,13 @@ impl State {
         while self.restored.front().is_some_and(|f| !live(f)) {
             self.restored.pop_front();
         }
-        match (self.arrivals.front(), self.restored.front()) {
-            (Some(a), Some(r)) => Some(a.0.min(r.0)),
-            (a, r) => a.or(r).map(|x| x.0),
+        while self.paged.front().is_some_and(|f| !live(f)) {
+            self.paged.pop_front();
         }
+        [&self.arrivals, &self.restored, &self.paged]
+            .iter()
+            .filter_map(|q| q.front().map(|x| x.0))
+            .min()
     }
 
     /// Whether a rate timer was set since the last call.

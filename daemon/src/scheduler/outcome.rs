@@ -78,6 +78,8 @@ impl Engine {
         };
         let next = st.take_one(now, &dcfg, self.spool.as_deref());
         let st_rate_kick = st.take_rate_kick();
+        // A lane wants requests read back from the spool.
+        let page = st.cold.wanted();
         let idle = st.in_flight == 0;
         let events = st.take_events();
         drop(st);
@@ -93,7 +95,7 @@ impl Engine {
                 .delivery_latency
                 .observe(now.saturating_sub(note.accepted_ms) as f64 / 1000.0);
         }
-        if next.is_none() || kick || st_rate_kick {
+        if next.is_none() || kick || st_rate_kick || page {
             // A slot is free (the dispatcher may have work for it
             // elsewhere), or a new timer may be due before its next wake.
             self.wake.notify_one();
@@ -389,6 +391,10 @@ impl State {
         if was_pending {
             self.pending -= 1;
             self.hosts[host].pending -= 1;
+            self.want_page_in(host as u32);
+        }
+        if phase == Phase::Delivered {
+            self.entries.detach_host(id);
         }
     }
 }

@@ -88,6 +88,17 @@ impl Engine {
             }
             return RestoreResult::Taken(false);
         }
+        if st.cold.contains(&r.id) {
+            return RestoreResult::Taken(false);
+        }
+        let fresh = r.state.attempts == 0 && !r.state.is_dead_letter();
+        if fresh && self.spool.is_some() {
+            let host = st.host_for_key(&r.host, r.dest.as_deref());
+            if st.goes_cold(host, r.loc) {
+                st.make_cold(host, &r.id, r.loc);
+                return RestoreResult::Taken(true);
+            }
+        }
         let Restored {
             id,
             owner,

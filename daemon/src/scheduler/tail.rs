@@ -114,7 +114,7 @@ impl State {
             at_ms: now_ms(),
             id: client_id(key, owned).to_string(),
             owner: owned.then_some(e.owner),
-            host: self.hosts[e.host as usize].key.clone(),
+            host: self.host_name(e),
             attempts: e.attempts,
             ..Event::default()
         };

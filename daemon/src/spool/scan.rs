@@ -43,6 +43,38 @@ pub struct Restored {
     pub state: Outcome,
 }
 
+/// A JOB record's payload as a [`Restored`] job (page-in reads records
+/// back this way); `None` for anything else.
+pub fn restored_from(payload: &[u8], loc: Loc) -> Option<Restored> {
+    let Some(Meta::Job {
+        id,
+        owner,
+        uri,
+        dest,
+        max_attempts,
+        accepted_ms,
+        not_before_ms,
+        expires_ms,
+        state,
+    }) = decode_meta(payload)
+    else {
+        return None;
+    };
+    let parsed = uri.parse::<http::Uri>().ok()?;
+    Some(Restored {
+        id: owner_key(owner, id),
+        owner,
+        host: crate::job::lane_key(&parsed, dest).into(),
+        dest: dest.map(Into::into),
+        max_attempts,
+        accepted_ms,
+        not_before_ms,
+        expires_ms,
+        loc,
+        state,
+    })
+}
+
 /// What replay found: jobs still to deliver or kept as dead letters, and damage.
 pub struct Replay {
     /// Live jobs with their last recorded state, in acceptance order.

@@ -1,0 +1,316 @@
+//! Paging: bounded memory for a backlog. A lane keeps at most
+//! `spool.memory_window` pending requests in memory; past that, its new
+//! requests stay only in the spool ("cold"). For each, the lane keeps where
+//! its record is (8 bytes, in order) and [`Cold`] a 64-bit fingerprint of
+//! its key, so a repeated id is still a duplicate and `status` still finds
+//! it. When the lane's requests in memory fall under half the window, the
+//! next cold ones are read back in order, off the lock, and queued as if
+//! just restored.
+//!
+//! Only requests with no attempt yet go cold (new sends, and replayed ones
+//! at start), so a cold request's record says all there is to know of it.
+//! Compaction leaves cold records where they are: the lane's list points
+//! at them. Memory mode has no spool and never pages.
+
+use super::entry::{Entry, JobRef, Phase, NO_OWNER};
+use super::{Engine, State};
+use crate::job::client_id;
+use crate::spool::{restored_from, Loc, ReadError, Restored};
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use tracing::{debug, error};
+
+// A lane keeps at most `spool.memory_window` pending requests in memory
+// (more only while restoring retries at start): a million-request backlog
+// to one host costs that many entries plus 8 bytes and a fingerprint per
+// request. Half a window is read back at once, when the lane is down to
+// half its window.
+
+/// Where a cold request's record is; its length is in the record's header.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ColdLoc {
+    seg: u32,
+    off: u32,
+}
+
+impl ColdLoc {
+    /// `None` for a segment number past `u32` (never in practice: that is
+    /// four billion segments); such a request simply stays in memory.
+    fn of(loc: Loc) -> Option<ColdLoc> {
+        Some(ColdLoc {
+            seg: u32::try_from(loc.seg).ok()?,
+            off: loc.off,
+        })
+    }
+}
+
+/// The keys of the cold requests, as fingerprints, and the lanes that
+/// want requests read back.
+#[derive(Default)]
+pub(super) struct Cold {
+    /// A key's fingerprint: 64 bits of a seeded hash. Two keys share one
+    /// with odds of about n / 2^64 per lookup (n cold requests): 5e-13 at
+    /// ten million, the price of 8 bytes a request instead of the key.
+    ids: HashSet<u64, foldhash::fast::RandomState>,
+    seed: foldhash::fast::RandomState,
+    /// Lanes to page in, for the dispatcher.
+    wanted: Vec<u32>,
+    /// `spool.memory_window`.
+    window: usize,
+}
+
+impl Cold {
+    fn fingerprint(&self, key: &str) -> u64 {
+        self.seed.hash_one(key)
+    }
+
+    /// Whether `key` names a cold request.
+    pub(super) fn contains(&self, key: &str) -> bool {
+        !self.ids.is_empty() && self.ids.contains(&self.fingerprint(key))
+    }
+
+    /// Cold requests.
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Sets the window (`spool.memory_window`).
+    pub(super) fn with_window(window: usize) -> Cold {
+        Cold {
+            window: window.max(2),
+            ..Cold::default()
+        }
+    }
+
+    /// Whether a lane waits for a page-in.
+    pub(super) fn wanted(&self) -> bool {
+        !self.wanted.is_empty()
+    }
+}
+
+impl State {
+    /// Whether a new request of lane `host`, stored at `loc`, stays in the
+    /// spool only: the lane has cold requests before it (order), or a full
+    /// window.
+    pub(super) fn goes_cold(&self, host: u32, loc: Loc) -> bool {
+        let h = &self.hosts[host as usize];
+        (!h.cold.is_empty() || h.paging > 0 || h.pending >= self.cold.window)
+            && ColdLoc::of(loc).is_some()
+    }
+
+    /// Makes a pending request of lane `host`, stored at `loc`, cold: it
+    /// counts as pending, and nothing of it stays in memory but its place
+    /// in the lane and its fingerprint. Only if [`State::goes_cold`] said so.
+    pub(super) fn make_cold(&mut self, host: u32, key: &str, loc: Loc) {
+        let Some(c) = ColdLoc::of(loc) else {
+            return;
+        };
+        let fp = self.cold.fingerprint(key);
+        self.cold.ids.insert(fp);
+        let h = &mut self.hosts[host as usize];
+        h.cold.push_back(c);
+        h.pending += 1;
+        self.pending += 1;
+    }
+
+    /// Asks for a page-in of lane `host` when it has cold requests and
+    /// fewer than half its window in memory.
+    pub(super) fn want_page_in(&mut self, host: u32) {
+        let half = self.cold.window / 2;
+        let h = &mut self.hosts[host as usize];
+        if h.cold.is_empty() || h.paging > 0 || h.page_wanted {
+            return;
+        }
+        let in_memory = h.pending - h.cold.len();
+        if in_memory < half {
+            h.page_wanted = true;
+            self.cold.wanted.push(host);
+        }
+    }
+
+    /// The page-ins to start: each wanted lane's next cold requests, taken
+    /// off its list (they count as in transit until applied).
+    pub(super) fn take_page_ins(&mut self) -> Vec<(u32, Vec<ColdLoc>)> {
+        let wanted = std::mem::take(&mut self.cold.wanted);
+        let batch = self.cold.window / 2;
+        wanted
+            .into_iter()
+            .filter_map(|host| {
+                let h = &mut self.hosts[host as usize];
+                h.page_wanted = false;
+                let n = h.cold.len().min(batch);
+                if n == 0 || h.paging > 0 {
+                    return None;
+                }
+                h.paging = n;
+                Some((host, h.cold.drain(..n).collect()))
+            })
+            .collect()
+    }
+
+    /// Queues the requests read back for lane `host` (`read` in the order
+    /// of `locs`).
+    fn apply_page_in(
+        &mut self,
+        host: u32,
+        locs: &[ColdLoc],
+        read: Vec<Result<(Loc, Vec<u8>), ReadError>>,
+        spool: &crate::spool::Spool,
+    ) -> bool {
+        let mut kick = false;
+        let (mut taken, mut lost) = (0u64, 0u64);
+        for (c, r) in locs.iter().zip(read) {
+            let r = match r {
+                Ok((loc, payload)) => {
+                    restored_from(&payload, loc).ok_or_else(|| "not a request record".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match r {
+                Ok(r) => {
+                    let fp = self.cold.fingerprint(&r.id);
+                    if self.cold.ids.remove(&fp) {
+                        kick |= self.insert_paged(host, r);
+                        taken += 1;
+                    } else {
+                        // Nothing but this takes a key out of the cold set:
+                        // a second copy, and its first won.
+                        debug!(id = %r.id, "paged-in record already taken; skipped");
+                        self.drop_cold(host);
+                    }
+                }
+                Err(why) => {
+                    lost += 1;
+                    error!(segment = c.seg, offset = c.off, error = %why, "a request kept in the spool cannot be read back; it is lost");
+                    // It must not keep its segment forever.
+                    spool.forget(Loc {
+                        seg: c.seg as u64,
+                        off: c.off,
+                        len: 0,
+                    });
+                    self.drop_cold(host);
+                }
+            }
+        }
+        self.hosts[host as usize].paging = 0;
+        debug!(host = %self.hosts[host as usize].key, taken, lost, "paged requests back in from the spool");
+        self.want_page_in(host);
+        kick
+    }
+
+    /// A cold request that will not come back: it stops counting.
+    fn drop_cold(&mut self, host: u32) {
+        self.pending -= 1;
+        self.hosts[host as usize].pending -= 1;
+    }
+
+    /// A paged-in request becomes an entry, scheduled as its record says.
+    /// It was counted as pending when it went cold.
+    fn insert_paged(&mut self, host: u32, r: Restored) -> bool {
+        let bytes = r.loc.len as u64;
+        self.bytes += bytes;
+        self.paged.push_back((r.accepted_ms, r.id.clone()));
+        self.entries.insert(
+            r.id.clone(),
+            Entry {
+                job: JobRef::Disk(r.loc),
+                committed: true,
+                host,
+                owner: r.owner.map_or(NO_OWNER, |o| o.uid),
+                max_attempts: r.max_attempts,
+                expires_ms: r.expires_ms,
+                phase: Phase::Waiting,
+                attempts: r.state.attempts,
+                next_ms: u64::MAX,
+                accepted_ms: r.accepted_ms,
+                finished_ms: 0,
+                bytes,
+                last_status: r.state.status,
+                last_error: r.state.error,
+                snippet: r.state.snippet.map(Into::into),
+                dead_seq: 0,
+            },
+        );
+        let at = r.state.next_ms.max(r.not_before_ms);
+        self.schedule(&r.id, at, r.state.attempts > 0)
+    }
+}
+
+impl Engine {
+    /// Reads a lane's next cold requests back (a blocking read, off the
+    /// lock) and queues them.
+    pub(super) async fn page_in(self: Arc<Self>, host: u32, locs: Vec<ColdLoc>) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        let at: Vec<(u64, u32)> = locs.iter().map(|c| (c.seg as u64, c.off)).collect();
+        let s = spool.clone();
+        let read = match tokio::task::spawn_blocking(move || s.read_records(&at)).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "page-in failed; retried");
+                let mut st = self.lock();
+                let h = &mut st.hosts[host as usize];
+                for c in locs.into_iter().rev() {
+                    h.cold.push_front(c);
+                }
+                h.paging = 0;
+                st.want_page_in(host);
+                drop(st);
+                self.wake.notify_one();
+                return;
+            }
+        };
+        let mut st = self.lock();
+        st.apply_page_in(host, &locs, read, &spool);
+        let events = st.take_events();
+        drop(st);
+        self.publish(events);
+        self.wake.notify_one();
+    }
+
+    /// `status` of a cold request: found by reading the lanes' cold
+    /// records back, a chunk at a time (the state lock is not held while
+    /// reading). `None` if it is not there (paged in meanwhile: the caller
+    /// looks in memory again).
+    pub(super) fn find_cold(&self, key: &str) -> Option<(Restored, String)> {
+        let spool = self.spool.as_ref()?;
+        let (hosts, batch) = {
+            let st = self.lock();
+            (st.hosts.len(), st.cold.window.max(8192))
+        };
+        for host in 0..hosts {
+            let mut from = 0;
+            loop {
+                let (chunk, lane) = {
+                    let st = self.lock();
+                    let Some(h) = st.hosts.get(host) else { break };
+                    let chunk: Vec<(u64, u32)> = h
+                        .cold
+                        .iter()
+                        .skip(from)
+                        .take(batch)
+                        .map(|c| (c.seg as u64, c.off))
+                        .collect();
+                    (chunk, h.key.clone())
+                };
+                if chunk.is_empty() {
+                    break;
+                }
+                from += chunk.len();
+                for (loc, payload) in spool.read_records(&chunk).into_iter().flatten() {
+                    if let Some(r) = restored_from(&payload, loc).filter(|r| *r.id == *key) {
+                        return Some((r, lane));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The id a cold request's key shows.
+pub(super) fn shown_id(r: &Restored) -> String {
+    client_id(&r.id, r.owner.is_some()).to_string()
+}
