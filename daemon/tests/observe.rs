@@ -7,7 +7,8 @@ use ffclient::Request;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use support::{Daemon, Reply, Sink, T};
+use std::time::Duration;
+use support::{wait_until, Daemon, Reply, Sink, T};
 
 /// A free loopback port (bound, then released for ffd to take).
 fn free_port() -> u16 {
@@ -94,9 +95,27 @@ fn metrics_parse_and_agree_with_stats_after_delivered_dead_and_expired() {
     let stats = d.wait_stats("three end states", T, |s| {
         s["delivered"] == 1 && s["dead"] == 1 && s["expired"] == 1
     });
-    let (status, text) = get(port, "/metrics");
-    assert_eq!(status, 200, "{text}");
-    let m = parse_metrics(&text);
+    // Attempts are counted just after the lock that ends the request is
+    // released: wait for the third.
+    let m = wait_until(
+        "three attempts counted",
+        T,
+        Duration::from_millis(20),
+        || {
+            let (status, text) = get(port, "/metrics");
+            assert_eq!(status, 200, "{text}");
+            let m = parse_metrics(&text);
+            let n: f64 = ["2xx", "4xx", "5xx"]
+                .iter()
+                .filter_map(|r| m[format!("ffd_attempts_total{{result={r}}}")].as_f64())
+                .sum();
+            if n == 3.0 {
+                Ok(m)
+            } else {
+                Err(format!("{m:#}"))
+            }
+        },
+    );
     let v = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m:#}"));
     assert_eq!(
         v("ffd_requests_accepted_total{}"),

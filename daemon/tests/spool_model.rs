@@ -376,7 +376,11 @@ fn new_job(n: u64) -> Arc<Job> {
 fn open(fs: &SimFs, mode: FsyncMode) -> (Arc<Spool>, ffd::spool::Replay) {
     let spool = Spool::open_on(Arc::new(fs.clone()), Path::new(DIR), mode, SEGMENT_BYTES)
         .expect("the spool opens whatever the files hold");
-    let replay = spool.replay_old();
+    // Plainly pending jobs are streamed; the model checks them with the rest.
+    let streamed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = streamed.clone();
+    let mut replay = spool.replay_old(move |r| into.lock().unwrap().push(r), || false);
+    replay.jobs.append(&mut streamed.lock().unwrap());
     (spool, replay)
 }
 

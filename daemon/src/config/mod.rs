@@ -264,7 +264,7 @@ impl Default for SpoolConfig {
             dir: default_spool_dir(),
             fsync: FsyncMode::Never,
             max_bytes: 1 << 30,
-            segment_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
             when_full: WhenFull::Reject,
             memory_window: 16_384,
         }

@@ -148,8 +148,13 @@ fn build_client(
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
         // Fewer idle slots than requests in flight per host would close
-        // and reopen connections under steady load.
-        .pool_max_idle_per_host(cfg.pool_idle_per_host.max(cfg.max_in_flight_per_host))
+        // and reopen connections under steady load. 0 keeps none: with
+        // many hosts each seen once, idle sockets would pile up to the
+        // file descriptor limit.
+        .pool_max_idle_per_host(match cfg.pool_idle_per_host {
+            0 => 0,
+            n => n.max(cfg.max_in_flight_per_host),
+        })
         .retry_canceled_requests(true)
         .build(https)
 }

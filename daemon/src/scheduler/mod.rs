@@ -25,6 +25,7 @@ mod compact;
 mod dead;
 mod dispatch;
 mod entry;
+mod fpset;
 mod gauges;
 mod history;
 mod host;

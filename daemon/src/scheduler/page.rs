@@ -13,10 +13,10 @@
 //! at them. Memory mode has no spool and never pages.
 
 use super::entry::{Entry, JobRef, Phase, NO_OWNER};
+use super::fpset::FpSet;
 use super::{Engine, State};
 use crate::job::client_id;
 use crate::spool::{restored_from, Loc, ReadError, Restored};
-use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use tracing::{debug, error};
@@ -51,8 +51,9 @@ impl ColdLoc {
 pub(super) struct Cold {
     /// A key's fingerprint: 64 bits of a seeded hash. Two keys share one
     /// with odds of about n / 2^64 per lookup (n cold requests): 5e-13 at
-    /// ten million, the price of 8 bytes a request instead of the key.
-    ids: HashSet<u64, foldhash::fast::RandomState>,
+    /// ten million, the price of 8 bytes a request instead of the key. A
+    /// send whose key shares one is answered `duplicate`.
+    ids: FpSet,
     seed: foldhash::fast::RandomState,
     /// Lanes to page in, for the dispatcher.
     wanted: Vec<u32>,
@@ -67,7 +68,7 @@ impl Cold {
 
     /// Whether `key` names a cold request.
     pub(super) fn contains(&self, key: &str) -> bool {
-        !self.ids.is_empty() && self.ids.contains(&self.fingerprint(key))
+        !self.ids.is_empty() && self.ids.contains(self.fingerprint(key))
     }
 
     /// Cold requests.
@@ -170,7 +171,7 @@ impl State {
             match r {
                 Ok(r) => {
                     let fp = self.cold.fingerprint(&r.id);
-                    if self.cold.ids.remove(&fp) {
+                    if self.cold.ids.remove(fp) {
                         kick |= self.insert_paged(host, r);
                         taken += 1;
                     } else {

@@ -22,8 +22,16 @@ impl Engine {
     /// sends; stops early (the rest stays on disk) when draining begins.
     pub async fn replay_spool(self: Arc<Self>, spool: Arc<Spool>, mut shutdown: Shutdown) {
         let started = std::time::Instant::now();
-        let s = spool.clone();
-        let replay = match tokio::task::spawn_blocking(move || s.replay_old()).await {
+        let (s, me, stop) = (spool.clone(), self.clone(), shutdown.clone());
+        let replay = tokio::task::spawn_blocking(move || {
+            let (sp, halt) = (s.clone(), stop.clone());
+            s.replay_old(
+                move |r| me.restore_streamed(r, &sp, &halt),
+                move || stop.is_draining(),
+            )
+        })
+        .await;
+        let replay = match replay {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "spool replay failed; pending requests stay on disk until the next start");
@@ -73,6 +81,26 @@ impl Engine {
                 torn_bytes = torn,
                 "spool damage found at start; the rest was recovered"
             );
+        }
+    }
+
+    /// Restores a plainly pending job as replay streams it (on replay's
+    /// blocking thread); one a newer send holds no longer counts in its
+    /// segment. Once ffd is stopping, jobs just stay on disk.
+    fn restore_streamed(&self, mut r: Restored, spool: &Spool, stop: &Shutdown) {
+        let loc = r.loc;
+        loop {
+            match self.restore(r) {
+                RestoreResult::Taken(true) => return,
+                RestoreResult::Taken(false) => return spool.forget(loc),
+                RestoreResult::Wait(back) => {
+                    if stop.is_draining() {
+                        return;
+                    }
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
     }
 

@@ -501,10 +501,23 @@ impl Spool {
         self.wake.notify_one();
     }
 
-    /// Reads the segments that existed at open, in order, and returns the
-    /// live jobs. Torn tails are cut off; corrupt records are skipped and
-    /// counted. Runs on a blocking thread; appends go on meanwhile.
-    pub fn replay_old(&self) -> Replay {
+    /// Reads the segments that existed at open, in order: every plainly
+    /// pending job (one JOB record, never attempted) goes to `stream` as it
+    /// is read, and the rest of the live jobs (attempted, dead letters,
+    /// copies) come back in [`Replay::jobs`]. Two passes (see `scan::Pass`)
+    /// so that memory does not grow with the backlog. Torn tails are cut
+    /// off; corrupt records are skipped and counted. Runs on a blocking
+    /// thread; appends go on meanwhile. A job is counted live in its
+    /// segment before `stream` sees it ([`Spool::forget`] it if not taken).
+    ///
+    /// `stop` is asked between segments: once it says yes (ffd is
+    /// stopping), the replay ends where it is and no old segment is deleted
+    /// in this run (the rest of their jobs were not counted).
+    pub fn replay_old(
+        self: &Arc<Self>,
+        mut stream: impl FnMut(Restored) + Send + 'static,
+        stop: impl Fn() -> bool,
+    ) -> Replay {
         // The segments registered at open, not a second listing: a listing
         // that failed now would look like an empty spool, and every old
         // segment would then be deleted as finished.
@@ -514,12 +527,52 @@ impl Spool {
             .range(..self.first_new_segment)
             .map(|(n, _)| *n)
             .collect();
-        let mut scan = Scanner::on(self.fs.clone(), true);
+        let mut first = Scanner::on(self.fs.clone(), true);
+        first.pass = scan::Pass::Count {
+            jobs: Vec::new(),
+            complex: Vec::new(),
+        };
         for n in &segs {
-            scan.segment(&self.dir, *n);
+            first.segment(&self.dir, *n);
+        }
+        let complex = std::mem::replace(&mut first.pass, scan::Pass::Full).complex();
+        let me = self.clone();
+        let mut scan = Scanner::on(self.fs.clone(), false);
+        scan.quiet = true;
+        scan.pass = scan::Pass::Stream {
+            complex,
+            stream: Box::new(move |r: Restored| {
+                {
+                    let mut inner = me.lock();
+                    let i = inner.segments.entry(r.loc.seg).or_default();
+                    i.live += 1;
+                    i.records = i.records.max(i.live);
+                }
+                stream(r)
+            }),
+            streamed: 0,
+        };
+        let mut stopped = false;
+        for n in &segs {
+            if stop() {
+                stopped = true;
+                break;
+            }
+            if first.read_ok.contains(n) {
+                scan.segment(&self.dir, *n);
+            }
         }
         scan.finish();
-        let report = scan.report.clone();
+        // The first pass saw the damage (and cut torn tails); the second
+        // counted what is pending.
+        let mut report = first.report.clone();
+        report.pending = scan.report.pending;
+        report.dead = scan.report.dead;
+        scan.read_ok = std::mem::take(&mut first.read_ok);
+        scan.seg_records = std::mem::take(&mut first.seg_records);
+        drop(first);
+        scan.pass = scan::Pass::Full;
+
         self.damage
             .fetch_add(report.corrupt_records, Ordering::Relaxed);
         let jobs: Vec<Restored> = std::mem::take(&mut scan.slots)
@@ -565,7 +618,7 @@ impl Spool {
                     }
                 }
             }
-            inner.loaded = true;
+            inner.loaded = !stopped;
         }
         self.wake.notify_one();
         Replay {

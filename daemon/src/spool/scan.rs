@@ -46,7 +46,12 @@ pub struct Restored {
 /// A JOB record's payload as a [`Restored`] job (page-in reads records
 /// back this way); `None` for anything else.
 pub fn restored_from(payload: &[u8], loc: Loc) -> Option<Restored> {
-    let Some(Meta::Job {
+    restored_from_meta(decode_meta(payload)?, loc)
+}
+
+/// A JOB record's fields as a [`Restored`] job.
+fn restored_from_meta(meta: Meta<'_>, loc: Loc) -> Option<Restored> {
+    let Meta::Job {
         id,
         owner,
         uri,
@@ -56,7 +61,7 @@ pub fn restored_from(payload: &[u8], loc: Loc) -> Option<Restored> {
         not_before_ms,
         expires_ms,
         state,
-    }) = decode_meta(payload)
+    } = meta
     else {
         return None;
     };
@@ -131,6 +136,90 @@ pub struct Scanner {
     pub(super) seg_records: HashMap<u64, u64>,
     /// What was seen.
     pub report: ScanReport,
+    /// Which pass of a replay this is (`Full` outside replay).
+    pub(super) pass: Pass,
+    /// No warnings (a second pass over what the first reported).
+    pub(super) quiet: bool,
+}
+
+/// Replay reads the spool twice so that its memory does not grow with the
+/// backlog: a first pass notes 8 bytes per record, and the second streams
+/// every job that is plainly pending (one JOB record, never attempted, no
+/// outcome) straight to the scheduler; only the other jobs are kept here
+/// to merge their records. A fingerprint shared by two keys only sends
+/// both the long way, which is exact.
+pub(super) enum Pass {
+    /// Every live job is kept (`spool check`, compaction, tests, fuzzing).
+    Full,
+    /// First pass: fingerprints of every JOB record's key, and of every key
+    /// with more to it (an outcome, an attempt, an end state).
+    Count {
+        /// One per JOB record.
+        jobs: Vec<u64>,
+        /// Keys that need the long way.
+        complex: Vec<u64>,
+    },
+    /// Second pass: keys not in `complex` (sorted) go to `stream`.
+    Stream {
+        complex: Vec<u64>,
+        stream: Box<dyn FnMut(Restored) + Send>,
+        /// Jobs streamed.
+        streamed: u64,
+    },
+}
+
+/// The fingerprint of a key as outcome records write it ([`owner_key`]).
+fn outcome_fp(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6666_6464).hash_one(key.as_bytes())
+}
+
+/// The fingerprint of the key of a JOB record's owner and id: the same as
+/// [`outcome_fp`] of its [`owner_key`], without allocating it.
+fn key_fp(owner: Option<Owner>, id: &str) -> u64 {
+    let Some(o) = owner else {
+        return outcome_fp(id);
+    };
+    let mut buf = [0u8; 192];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    use std::io::Write;
+    if write!(w, "{}:{id}", o.uid).is_ok() {
+        let n = w.position() as usize;
+        if let Ok(k) = std::str::from_utf8(&buf[..n]) {
+            return outcome_fp(k);
+        }
+    }
+    outcome_fp(&owner_key(owner, id))
+}
+
+/// Whether a JOB record's state is that of a new send (never attempted).
+fn fresh(state: &Outcome) -> bool {
+    state.kind == Kind::Retry && state.attempts == 0 && state.error.is_none()
+}
+
+impl Pass {
+    /// After the first pass: the sorted fingerprints of keys that need the
+    /// long way (two JOB records, or anything beyond one fresh record).
+    pub(super) fn complex(self) -> Vec<u64> {
+        let Pass::Count {
+            mut jobs,
+            mut complex,
+        } = self
+        else {
+            return Vec::new();
+        };
+        jobs.sort_unstable();
+        for w in jobs.windows(2) {
+            if w[0] == w[1] {
+                complex.push(w[0]);
+            }
+        }
+        drop(jobs);
+        complex.sort_unstable();
+        complex.dedup();
+        complex.shrink_to_fit();
+        complex
+    }
 }
 
 impl Scanner {
@@ -154,6 +243,8 @@ impl Scanner {
             read_ok: Default::default(),
             seg_records: HashMap::new(),
             report: ScanReport::default(),
+            pass: Pass::Full,
+            quiet: false,
         }
     }
 
@@ -168,7 +259,10 @@ impl Scanner {
 
     /// Fills in the pending/dead counts from the live set.
     pub fn finish(&mut self) {
-        self.report.pending = 0;
+        self.report.pending = match &self.pass {
+            Pass::Stream { streamed, .. } => *streamed,
+            _ => 0,
+        };
         self.report.dead = 0;
         for r in self.slots.iter().flatten() {
             if r.state.is_dead_letter() {
@@ -185,7 +279,9 @@ impl Scanner {
         let data = match self.fs.read(&path) {
             Ok(d) => d,
             Err(e) => {
-                warn!(segment = %path.display(), error = %e, "cannot read spool segment; skipped");
+                if !self.quiet {
+                    warn!(segment = %path.display(), error = %e, "cannot read spool segment; skipped");
+                }
                 self.report
                     .bad_files
                     .push(format!("{}: {e}", path.display()));
@@ -210,7 +306,9 @@ impl Scanner {
                 self.read_ok.insert(n);
                 return;
             }
-            warn!(segment = %path.display(), "not an ffd spool segment (bad header); skipped");
+            if !self.quiet {
+                warn!(segment = %path.display(), "not an ffd spool segment (bad header); skipped");
+            }
             self.report
                 .bad_files
                 .push(format!("{}: bad header", path.display()));
@@ -218,7 +316,9 @@ impl Scanner {
         }
         let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
         if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
-            warn!(segment = %path.display(), version, "spool segment of an unknown format version; skipped");
+            if !self.quiet {
+                warn!(segment = %path.display(), version, "spool segment of an unknown format version; skipped");
+            }
             self.report
                 .bad_files
                 .push(format!("{}: format version {version}", path.display()));
@@ -243,7 +343,9 @@ impl Scanner {
                         Some(rec) => self.apply(rec, loc),
                         None => {
                             self.report.corrupt_records += 1;
-                            warn!(segment = %path.display(), offset = pos, "undecodable spool record; skipped");
+                            if !self.quiet {
+                                warn!(segment = %path.display(), offset = pos, "undecodable spool record; skipped");
+                            }
                         }
                     }
                     pos = next;
@@ -253,12 +355,16 @@ impl Scanner {
                     match (pos + 1..data.len()).find(|p| record_at(data, *p).is_some()) {
                         Some(p) => {
                             self.report.corrupt_records += 1;
-                            warn!(segment = %path.display(), offset = pos, skipped_bytes = p - pos, "corrupt spool record; skipped");
+                            if !self.quiet {
+                                warn!(segment = %path.display(), offset = pos, skipped_bytes = p - pos, "corrupt spool record; skipped");
+                            }
                             pos = p;
                         }
                         None => {
                             let torn = (data.len() - pos) as u64;
-                            warn!(segment = %path.display(), offset = pos, bytes = torn, "torn record at the end of a spool segment; cut off");
+                            if !self.quiet {
+                                warn!(segment = %path.display(), offset = pos, bytes = torn, "torn record at the end of a spool segment; cut off");
+                            }
                             self.cut(path, pos as u64, torn);
                             break;
                         }
@@ -280,6 +386,50 @@ impl Scanner {
     fn apply(&mut self, rec: Meta, loc: Loc) {
         self.report.records += 1;
         *self.seg_records.entry(loc.seg).or_default() += 1;
+        match (&mut self.pass, &rec) {
+            (Pass::Full, _) => {}
+            (Pass::Count { jobs, complex }, rec) => {
+                match rec {
+                    Meta::Job {
+                        id, owner, state, ..
+                    } => {
+                        let fp = key_fp(*owner, id);
+                        jobs.push(fp);
+                        if !fresh(state) {
+                            complex.push(fp);
+                        }
+                    }
+                    Meta::Outcome { id, .. } => {
+                        // Outcome records name the key, owner included.
+                        complex.push(outcome_fp(id));
+                    }
+                }
+                return;
+            }
+            (
+                Pass::Stream {
+                    complex,
+                    stream,
+                    streamed,
+                },
+                Meta::Job { id, owner, .. },
+            ) => {
+                if complex.binary_search(&key_fp(*owner, id)).is_err() {
+                    if let Some(r) = restored_from_meta(rec, loc) {
+                        *streamed += 1;
+                        stream(r);
+                    } else {
+                        self.report.corrupt_records += 1;
+                    }
+                    return;
+                }
+            }
+            (Pass::Stream { complex, .. }, Meta::Outcome { id, .. }) => {
+                if complex.binary_search(&outcome_fp(id)).is_err() {
+                    return;
+                }
+            }
+        }
         match rec {
             Meta::Job {
                 id,
