@@ -6,6 +6,8 @@ use super::Deliverer;
 use crate::clock::now_ms;
 use crate::job::Job;
 use http_body_util::BodyExt;
+use std::future::Future;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 /// At most this much of a response body is read, so the connection can be
@@ -42,7 +44,7 @@ impl Deliverer {
     /// into a retry.
     pub async fn attempt(&self, job: &Job) -> Attempt {
         let started_ms = now_ms();
-        let (client, req) = match self.build_request(job) {
+        let (own, req) = match self.build_request(job) {
             Ok(r) => r,
             Err(error) => {
                 let mut a = Attempt::failed(Failure::Other, error, started_ms);
@@ -50,6 +52,7 @@ impl Deliverer {
                 return a;
             }
         };
+        let client = own.as_ref().unwrap_or(&self.client);
         let timeout = Duration::from_millis(job.timeout_ms);
         let resp = match tokio::time::timeout(timeout, client.request(req)).await {
             Ok(Ok(r)) => r,
@@ -77,9 +80,16 @@ impl Deliverer {
             .map(|d| d.as_millis().min(u64::MAX as u128) as u64);
         let verdict = classify_status(status);
         let body_time = timeout.min(BODY_READ);
-        let kept = tokio::time::timeout(body_time, self.snippet(resp.into_body()))
-            .await
-            .unwrap_or_default();
+        // A short body usually came in with the head: then it is read
+        // without arming a timer (its setup and removal cost more than the
+        // read); only a body still on its way is bounded by one.
+        let mut snippet = std::pin::pin!(self.snippet(resp.into_body()));
+        let kept = match std::future::poll_fn(|cx| Poll::Ready(snippet.as_mut().poll(cx))).await {
+            Poll::Ready(kept) => kept,
+            Poll::Pending => tokio::time::timeout(body_time, snippet)
+                .await
+                .unwrap_or_default(),
+        };
         let error = match verdict {
             Verdict::Success => None,
             _ => Some(format!(
@@ -97,7 +107,7 @@ impl Deliverer {
             failure: None,
             retry_after_ms,
             error,
-            snippet: (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned()),
+            snippet: (!kept.is_empty()).then(|| lossy(kept)),
             started_ms,
         }
     }
@@ -121,6 +131,12 @@ impl Deliverer {
         }
         kept
     }
+}
+
+/// The bytes as text, invalid UTF-8 replaced; valid text (the usual case)
+/// keeps its buffer instead of being copied.
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Why an attempt got no response.

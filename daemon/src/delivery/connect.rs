@@ -260,8 +260,12 @@ pub fn denied_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` (and lower case), and
 /// `delivery.no_proxy` or `NO_PROXY`, matched as curl does. Only `http://`
 /// proxies are supported; errors name the variable, never its value (it
-/// may hold a password).
-pub fn proxy_matcher(proxy: Option<&str>, no_proxy: Option<&str>) -> Result<Matcher, String> {
+/// may hold a password). The flag: whether any proxy serves `http://`
+/// URLs, so requests need not ask the matcher when none does.
+pub fn proxy_matcher(
+    proxy: Option<&str>,
+    no_proxy: Option<&str>,
+) -> Result<(Matcher, bool), String> {
     let env = |names: [&str; 2]| -> (String, String) {
         for n in names {
             if let Ok(v) = std::env::var(n) {
@@ -302,10 +306,13 @@ pub fn proxy_matcher(proxy: Option<&str>, no_proxy: Option<&str>) -> Result<Matc
         Some(n) => n.to_string(),
         None => env(["NO_PROXY", "no_proxy"]).1,
     };
-    Ok(Matcher::builder()
+    // The matcher's http proxy is `http`, else `all`; an empty one is none.
+    let serves_http = !all.1.is_empty() || !http.1.is_empty();
+    let matcher = Matcher::builder()
         .all(all.1)
         .http(http.1)
         .https(https.1)
         .no(no)
-        .build())
+        .build();
+    Ok((matcher, serves_http))
 }

@@ -50,6 +50,8 @@ pub struct Deliverer {
     dests: RwLock<Arc<HashMap<String, Dest>>>,
     policy: SharedPolicy,
     proxy: Arc<Matcher>,
+    /// Whether `proxy` has a proxy for `http://` URLs at all.
+    http_proxy: bool,
     /// What a destination's own client is built from.
     delivery: DeliveryConfig,
     id_header: Option<HeaderName>,
@@ -65,7 +67,7 @@ impl Deliverer {
         let cfg = &config.delivery;
         let policy = SharedPolicy::default();
         policy.set(policy_of(config)?);
-        let proxy = connect::proxy_matcher(
+        let (proxy, http_proxy) = connect::proxy_matcher(
             cfg.proxy.as_ref().map(|s| s.0.as_str()),
             cfg.no_proxy.as_deref(),
         )
@@ -82,6 +84,7 @@ impl Deliverer {
             dests: RwLock::new(Arc::new(HashMap::new())),
             policy,
             proxy,
+            http_proxy,
             delivery: cfg.clone(),
             id_header,
             user_agent: HeaderValue::from_str(&cfg.user_agent).context("delivery.user_agent")?,

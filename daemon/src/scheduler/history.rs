@@ -32,7 +32,11 @@ fn opt_str<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S:
 /// The attempts of the most recent requests.
 #[derive(Default)]
 pub(super) struct History {
-    by_key: HashMap<Arc<str>, VecDeque<AttemptRecord>>,
+    /// foldhash, as the id index: every attempt looks its key up here, and
+    /// past `REQUESTS` removes another, so SipHash cost two hashes per
+    /// delivery for nothing (the keys are ours, not an attacker's choice
+    /// of bucket).
+    by_key: HashMap<Arc<str>, VecDeque<AttemptRecord>, foldhash::fast::RandomState>,
     /// Keys in the order they were first seen: the oldest goes first.
     order: VecDeque<Arc<str>>,
 }
@@ -47,13 +51,19 @@ impl History {
             list.push_back(rec);
             return;
         }
+        // Once full, every new request forgets the oldest: its list's
+        // allocation is taken over instead of freed and made again.
+        let mut list = None;
         if self.order.len() == REQUESTS {
             if let Some(old) = self.order.pop_front() {
-                self.by_key.remove(&old);
+                list = self.by_key.remove(&old);
             }
         }
+        let mut list = list.unwrap_or_default();
+        list.clear();
+        list.push_back(rec);
         self.order.push_back(key.clone());
-        self.by_key.insert(key.clone(), VecDeque::from([rec]));
+        self.by_key.insert(key.clone(), list);
     }
 
     /// The attempts kept for `key`, oldest first.
