@@ -24,6 +24,11 @@ pub type Labels2 = [(&'static str, String); 2];
 pub const RESULTS: [&str; 10] = [
     "2xx", "3xx", "4xx", "5xx", "timeout", "connect", "tls", "dns", "denied", "other",
 ];
+/// The place of an attempt result in [`RESULTS`].
+pub fn result_index(result: &str) -> Option<usize> {
+    RESULTS.iter().position(|r| *r == result)
+}
+
 /// The `state` label values of `ffd_requests_finished_total`.
 pub const FINISHED: [&str; 3] = ["delivered", "dead", "expired"];
 
@@ -283,10 +288,7 @@ impl Metrics {
 
     /// Counts an attempt by its result label.
     pub fn attempt(&self, result: &str) {
-        let i = RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(RESULTS.len() - 1);
+        let i = result_index(result).unwrap_or(RESULTS.len() - 1);
         self.attempts[i].inc();
     }
 

@@ -42,6 +42,12 @@ pub(super) struct Host {
     pub(super) page_wanted: bool,
     /// When it was made (Unix ms): a new host is not dropped at once.
     pub(super) created_ms: u64,
+    /// Its `ffd_host_attempts_total` counters by result ([`crate::metrics::RESULTS`]),
+    /// once looked up.
+    pub(super) attempt_counters: Vec<Option<prometheus_client::metrics::counter::Counter>>,
+    /// `METHOD url` of its last delivered request, shared by the next ones
+    /// to the same URL (see `Entry::last_error`).
+    pub(super) delivered_text: Option<Arc<str>>,
 }
 
 /// How long a host of raw URLs stays after its last work.
@@ -69,6 +75,8 @@ impl Host {
             paging: 0,
             page_wanted: false,
             created_ms: 0,
+            attempt_counters: Vec::new(),
+            delivered_text: None,
         }
     }
 }
@@ -202,6 +210,8 @@ impl State {
             paging: 0,
             page_wanted: false,
             created_ms: now,
+            attempt_counters: Vec::new(),
+            delivered_text: None,
         };
         if let Some(l) = dest.and_then(|d| self.dest_limits.get(d)) {
             host.set_limits(*l, now);

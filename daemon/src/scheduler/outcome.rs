@@ -86,10 +86,12 @@ impl Engine {
         // Metrics and events after the lock: their own locks stay off it.
         self.publish(events);
         self.metrics.attempt(note.result);
-        self.metrics
-            .host_attempts
-            .get_or_create(&[("host", note.label), ("result", note.result.to_string())])
-            .inc();
+        match note.counter {
+            Some(c) => {
+                c.inc();
+            }
+            None => self.first_host_attempt(host, note.label, note.result),
+        }
         if end == Some(Phase::Delivered) {
             self.metrics
                 .delivery_latency
@@ -127,9 +129,19 @@ impl State {
         spool: Option<&Spool>,
     ) -> Option<(Option<Phase>, bool, Note)> {
         let (attempts, here, accepted_ms, err) = self.note_attempt(id, host, a, now)?;
+        let result = a.result();
+        let h = &self.hosts[host as usize];
+        let counter = crate::metrics::result_index(result)
+            .and_then(|i| h.attempt_counters.get(i).cloned().flatten());
         let note = Note {
-            label: self.hosts[host as usize].label.clone(),
-            result: a.result(),
+            // The label is only needed the first time (see `Host::attempt_counters`).
+            label: if counter.is_none() {
+                h.label.clone()
+            } else {
+                String::new()
+            },
+            counter,
+            result,
             accepted_ms,
         };
         let mut kick = false;
@@ -185,10 +197,20 @@ impl State {
         };
         if let Some(phase) = end {
             if phase == Phase::Delivered {
+                // See `Entry::last_error`. Most deliveries of a lane go to
+                // the same URL: its text is shared, not formatted each time.
+                let h = &mut self.hosts[host as usize];
+                let text = match &h.delivered_text {
+                    Some(t) if shows(t, job) => t.clone(),
+                    _ => {
+                        let t: Arc<str> =
+                            format!("{} {}", job.method, crate::job::Redacted(&job.uri)).into();
+                        h.delivered_text = Some(t.clone());
+                        t
+                    }
+                };
                 if let Some(e) = self.entries.get_mut(id) {
-                    // See `Entry::last_error`.
-                    e.last_error =
-                        Some(format!("{} {}", job.method, crate::job::Redacted(&job.uri)).into());
+                    e.last_error = Some(text);
                 }
             }
             self.end(id, phase, now, dcfg.status_history);
@@ -211,6 +233,9 @@ type Noted = (u32, Option<Loc>, u64, Option<Arc<str>>);
 /// What `finish` counts in the metrics once the lock is released.
 struct Note {
     label: String,
+    /// The host's `ffd_host_attempts_total` counter for this result, once
+    /// looked up.
+    counter: Option<prometheus_client::metrics::counter::Counter>,
     result: &'static str,
     accepted_ms: u64,
 }
@@ -226,6 +251,31 @@ fn outcome_of(kind: Kind, attempts: u32, next_ms: u64, a: &Attempt, now: u64) ->
         a.snippet.as_deref(),
         now,
     )
+}
+
+impl Engine {
+    /// Counts a host's first attempt with this result, and keeps the
+    /// counter with the host: later attempts add to it without building
+    /// and hashing its labels.
+    fn first_host_attempt(&self, host: u32, label: String, result: &'static str) {
+        let c = self
+            .metrics
+            .host_attempts
+            .get_or_create(&[("host", label.clone()), ("result", result.to_string())])
+            .clone();
+        c.inc();
+        let Some(i) = crate::metrics::result_index(result) else {
+            return;
+        };
+        let mut st = self.lock();
+        // The host may have been dropped and its number taken meanwhile.
+        if let Some(h) = st.hosts.get_mut(host as usize).filter(|h| h.label == label) {
+            if h.attempt_counters.len() <= i {
+                h.attempt_counters.resize(i + 1, None);
+            }
+            h.attempt_counters[i] = Some(c);
+        }
+    }
 }
 
 impl State {
@@ -397,4 +447,19 @@ impl State {
             self.entries.detach_host(id);
         }
     }
+}
+
+/// Whether `text` is `METHOD url` of `job` (the query left out, as
+/// [`crate::job::Redacted`] writes it).
+fn shows(text: &str, job: &Job) -> bool {
+    let u = &job.uri;
+    (|| {
+        let rest = text.strip_prefix(job.method.as_str())?.strip_prefix(' ')?;
+        let rest = rest
+            .strip_prefix(u.scheme_str().unwrap_or(""))?
+            .strip_prefix("://")?;
+        let rest = rest.strip_prefix(u.authority().map(|a| a.as_str()).unwrap_or(""))?;
+        Some(rest == u.path())
+    })()
+    .unwrap_or(false)
 }
