@@ -368,6 +368,7 @@ fn new_entry(job: &Arc<Job>, host: u32, bytes: u64) -> Entry {
         last_error: None,
         snippet: None,
         dead_seq: 0,
+        delayed: false,
     }
 }
 
@@ -393,7 +394,10 @@ impl State {
         }
         e.committed = true;
         let host = e.host;
-        if let Some(loc) = loc.filter(|l| self.goes_cold(host, *l)) {
+        // A delayed send stays in memory: paged out, it would wait behind
+        // the lane's window for longer than its delay.
+        let delayed = job.not_before_ms > job.accepted_ms;
+        if let Some(loc) = loc.filter(|l| !delayed && self.goes_cold(host, *l)) {
             // Told before the entry goes: the event reads it.
             self.emit("accepted", &job.key, |_| {});
             if let Some(e) = self.entries.remove(&job.key) {
@@ -423,6 +427,10 @@ impl State {
             expiry: &mut self.expiry,
         };
         let kick = place(e, &job.key, job.not_before_ms, false, now_ms(), &mut q);
+        if e.phase == Phase::Waiting {
+            e.delayed = true;
+            self.hosts[host].delayed += 1;
+        }
         self.emit("accepted", &job.key, |_| {});
         kick
     }

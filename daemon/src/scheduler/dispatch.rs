@@ -142,6 +142,10 @@ impl State {
                 if let Some(e) = self.entries.get_mut(&id) {
                     if e.phase == Phase::Waiting && e.next_ms == at {
                         let retry = e.attempts > 0;
+                        if e.delayed {
+                            e.delayed = false;
+                            self.hosts[e.host as usize].delayed -= 1;
+                        }
                         q.enqueue(e, &id, retry, now);
                     }
                 }

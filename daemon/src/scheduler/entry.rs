@@ -101,6 +101,8 @@ pub(crate) struct Entry {
     pub(crate) snippet: Option<Box<str>>,
     /// Key in `State::dead` while a dead letter.
     pub(crate) dead_seq: u64,
+    /// Waiting for its `delay_ms` (counted in its host's `delayed`).
+    pub(crate) delayed: bool,
 }
 
 /// Every entry by id: a map from id to a slot in a dense vector. A map of

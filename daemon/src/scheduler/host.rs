@@ -38,6 +38,10 @@ pub(super) struct Host {
     pub(super) cold: VecDeque<ColdLoc>,
     /// Cold requests being read back (also counted in `pending`).
     pub(super) paging: usize,
+    /// Pending requests in memory waiting for their `delay_ms`: not
+    /// counted against the memory window (a window full of sends due in an
+    /// hour must not hold back one due now).
+    pub(super) delayed: usize,
     /// In the list of lanes to page in.
     pub(super) page_wanted: bool,
     /// When it was made (Unix ms): a new host is not dropped at once.
@@ -73,6 +77,7 @@ impl Host {
             recent: VecDeque::new(),
             cold: VecDeque::new(),
             paging: 0,
+            delayed: 0,
             page_wanted: false,
             created_ms: 0,
             attempt_counters: Vec::new(),
@@ -208,6 +213,7 @@ impl State {
             recent: VecDeque::new(),
             cold: VecDeque::new(),
             paging: 0,
+            delayed: 0,
             page_wanted: false,
             created_ms: now,
             attempt_counters: Vec::new(),

@@ -561,7 +561,23 @@ impl State {
             timers: &mut self.timers,
             expiry: &mut self.expiry,
         };
-        place(e, id, at, retry, now_ms(), &mut q)
+        let kick = place(e, id, at, retry, now_ms(), &mut q);
+        if !retry && e.phase == Phase::Waiting && !e.delayed {
+            e.delayed = true;
+            self.hosts[e.host as usize].delayed += 1;
+        }
+        kick
+    }
+
+    /// A request's delay is over (or it ended): it counts against its
+    /// lane's memory window again.
+    fn undelay(&mut self, id: &str) {
+        if let Some(e) = self.entries.get_mut(id).filter(|e| e.delayed) {
+            e.delayed = false;
+            if let Some(h) = self.hosts.get_mut(e.host as usize) {
+                h.delayed -= 1;
+            }
+        }
     }
 }
 

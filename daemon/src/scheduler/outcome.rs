@@ -410,6 +410,7 @@ impl State {
     /// Moves an entry to an end state.
     pub(super) fn end(&mut self, id: &Arc<str>, phase: Phase, now: u64, history: usize) {
         self.cool(id);
+        self.undelay(id);
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };

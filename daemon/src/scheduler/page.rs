@@ -96,7 +96,8 @@ impl State {
     /// window.
     pub(super) fn goes_cold(&self, host: u32, loc: Loc) -> bool {
         let h = &self.hosts[host as usize];
-        (!h.cold.is_empty() || h.paging > 0 || h.pending >= self.cold.window)
+        let in_memory = h.pending - h.delayed;
+        (!h.cold.is_empty() || h.paging > 0 || in_memory >= self.cold.window)
             && ColdLoc::of(loc).is_some()
     }
 
@@ -123,7 +124,7 @@ impl State {
         if h.cold.is_empty() || h.paging > 0 || h.page_wanted {
             return;
         }
-        let in_memory = h.pending - h.cold.len();
+        let in_memory = h.pending - h.cold.len() - h.delayed;
         if in_memory < half {
             h.page_wanted = true;
             self.cold.wanted.push(host);
@@ -231,6 +232,7 @@ impl State {
                 last_error: r.state.error,
                 snippet: r.state.snippet.map(Into::into),
                 dead_seq: 0,
+                delayed: false,
             },
         );
         let at = r.state.next_ms.max(r.not_before_ms);

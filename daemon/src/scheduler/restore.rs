@@ -119,7 +119,11 @@ impl Engine {
         if st.cold.contains(&r.id) {
             return RestoreResult::Taken(false);
         }
-        let fresh = r.state.attempts == 0 && !r.state.is_dead_letter();
+        // Never attempted, and due (a delayed one stays in memory: see
+        // `State::commit`).
+        let fresh = r.state.attempts == 0
+            && !r.state.is_dead_letter()
+            && r.not_before_ms.max(r.state.next_ms) <= crate::clock::now_ms();
         if fresh && self.spool.is_some() {
             let host = st.host_for_key(&r.host, r.dest.as_deref());
             if st.goes_cold(host, r.loc) {
@@ -166,6 +170,7 @@ impl Engine {
                 last_error: o.error,
                 snippet: o.snippet.map(Into::into),
                 dead_seq: 0,
+                delayed: false,
             },
         );
         st.bytes += bytes;
@@ -217,6 +222,7 @@ impl Engine {
                 last_error: None,
                 snippet: r.state.snippet.map(Into::into),
                 dead_seq: 0,
+                delayed: false,
             },
         );
         st.remember_delivered(r.id, history);
