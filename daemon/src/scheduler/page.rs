@@ -131,8 +131,8 @@ impl State {
         }
     }
 
-    /// The page-ins to start: each wanted lane's next cold requests, taken
-    /// off its list (they count as in transit until applied).
+    /// The page-ins to start: each wanted lane's next cold requests (in
+    /// transit until applied: `paging`).
     pub(super) fn take_page_ins(&mut self) -> Vec<(u32, Vec<ColdLoc>)> {
         let wanted = std::mem::take(&mut self.cold.wanted);
         let batch = self.cold.window / 2;
@@ -146,7 +146,9 @@ impl State {
                     return None;
                 }
                 h.paging = n;
-                Some((host, h.cold.drain(..n).collect()))
+                // They stay on the list until they are queued, so `status`
+                // finds them meanwhile.
+                Some((host, h.cold.iter().take(n).copied().collect()))
             })
             .collect()
     }
@@ -160,6 +162,9 @@ impl State {
         read: Vec<Result<(Loc, Vec<u8>), ReadError>>,
         spool: &crate::spool::Spool,
     ) -> bool {
+        let h = &mut self.hosts[host as usize];
+        let n = locs.len().min(h.cold.len());
+        h.cold.drain(..n);
         let mut kick = false;
         let (mut taken, mut lost) = (0u64, 0u64);
         for (c, r) in locs.iter().zip(read) {
@@ -254,11 +259,7 @@ impl Engine {
             Err(e) => {
                 error!(error = %e, "page-in failed; retried");
                 let mut st = self.lock();
-                let h = &mut st.hosts[host as usize];
-                for c in locs.into_iter().rev() {
-                    h.cold.push_front(c);
-                }
-                h.paging = 0;
+                st.hosts[host as usize].paging = 0;
                 st.want_page_in(host);
                 drop(st);
                 self.wake.notify_one();
