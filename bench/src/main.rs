@@ -667,6 +667,44 @@ fn main() {
                 format!("{:.2}×", v / ceiling),
                 format!("≥ 0.8× ceiling: {}", met(v >= 0.8 * ceiling)),
             ));
+            if ti == 0 {
+                // The same, with the handing over done first: what ffd's
+                // delivery path alone does beside the plain pool (the row
+                // above also pays for reading and storing every send).
+                let mut drain_runs = Vec::new();
+                for r in 0..sizes.repeat {
+                    let f = start_ffd(&o, &format!("drain-{r}"), &dcfg, &[], None);
+                    let line = send_line(&format!("{base}/drain"), ",\"delay_ms\":1500");
+                    let base_count = sink.count();
+                    ingest(&f.socket, &line, sizes.deliver_n, 1);
+                    let t = Instant::now();
+                    while sink.count() == base_count && t.elapsed() < Duration::from_secs(30) {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    let t0 = Instant::now();
+                    let first = sink.count();
+                    if let Some(d) = sink.wait_until(
+                        base_count + sizes.deliver_n as u64,
+                        t0,
+                        Duration::from_secs(300),
+                    ) {
+                        let n = base_count + sizes.deliver_n as u64 - first;
+                        drain_runs.push(n as f64 / d.as_secs_f64());
+                    }
+                    f.stop();
+                }
+                if !drain_runs.is_empty() {
+                    let v = median(drain_runs);
+                    rows.push(row(
+                        "deliver",
+                        format!("delivered from a queued backlog to {name}, {conc} in flight"),
+                        rate(v),
+                        format!("plain hyper-util pool {}", rate(ceiling)),
+                        format!("{:.2}×", v / ceiling),
+                        "delivery path alone",
+                    ));
+                }
+            }
             if let Some(w) = wrk(&format!("{base}/wrk"), conc, o.smoke) {
                 rows.push(row(
                     "deliver",
