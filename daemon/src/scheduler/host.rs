@@ -2,7 +2,7 @@
 //! scheduler sees it: its breaker, limits, counts and recent attempts, and
 //! how lanes are found or made.
 
-use super::page::ColdLoc;
+use super::page::ColdList;
 use super::{rate, Breaker, State};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
@@ -35,7 +35,7 @@ pub(super) struct Host {
     /// The last attempts (success, milliseconds), for `stats` and `top`.
     pub(super) recent: VecDeque<(bool, u32)>,
     /// Its cold requests, in order ([`super::page`]); counted in `pending`.
-    pub(super) cold: VecDeque<ColdLoc>,
+    pub(super) cold: ColdList,
     /// Cold requests being read back (also counted in `pending`).
     pub(super) paging: usize,
     /// Pending requests in memory waiting for their `delay_ms`: not
@@ -75,7 +75,7 @@ impl Host {
             bucket: None,
             rate_wake_ms: 0,
             recent: VecDeque::new(),
-            cold: VecDeque::new(),
+            cold: ColdList::default(),
             paging: 0,
             delayed: 0,
             page_wanted: false,
@@ -211,7 +211,7 @@ impl State {
             bucket: None,
             rate_wake_ms: 0,
             recent: VecDeque::new(),
-            cold: VecDeque::new(),
+            cold: ColdList::default(),
             paging: 0,
             delayed: 0,
             page_wanted: false,

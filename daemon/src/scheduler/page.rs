@@ -1,7 +1,7 @@
 //! Paging: bounded memory for a backlog. A lane keeps at most
 //! `spool.memory_window` pending requests in memory; past that, its new
 //! requests stay only in the spool ("cold"). For each, the lane keeps where
-//! its record is (8 bytes, in order) and [`Cold`] a 64-bit fingerprint of
+//! its record is (about 4 bytes, in order) and [`Cold`] a 64-bit fingerprint of
 //! its key, so a repeated id is still a duplicate and `status` still finds
 //! it. When the lane's requests in memory fall under half the window, the
 //! next cold ones are read back in order, off the lock, and queued as if
@@ -17,13 +17,14 @@ use super::fpset::FpSet;
 use super::{Engine, State};
 use crate::job::client_id;
 use crate::spool::{restored_from, Loc, ReadError, Restored};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use tracing::{debug, error};
 
 // A lane keeps at most `spool.memory_window` pending requests in memory
 // (more only while restoring retries at start): a million-request backlog
-// to one host costs that many entries plus 8 bytes and a fingerprint per
+// to one host costs that many entries plus about 12 bytes (place and fingerprint) per
 // request. Half a window is read back at once, when the lane is down to
 // half its window.
 
@@ -42,6 +43,63 @@ impl ColdLoc {
             seg: u32::try_from(loc.seg).ok()?,
             off: loc.off,
         })
+    }
+}
+
+/// A lane's cold requests in order: each record's offset, and its segment
+/// once per run of records in the same segment (about 4 bytes a request:
+/// a lane's backlog is mostly whole segments of its own records).
+#[derive(Default)]
+pub(super) struct ColdList {
+    offs: VecDeque<u32>,
+    /// (segment, how many of the next offsets are in it), in order.
+    segs: VecDeque<(u32, u32)>,
+}
+
+impl ColdList {
+    pub(super) fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.offs.is_empty()
+    }
+
+    fn push(&mut self, c: ColdLoc) {
+        self.offs.push_back(c.off);
+        match self.segs.back_mut() {
+            Some((seg, n)) if *seg == c.seg => *n += 1,
+            _ => self.segs.push_back((c.seg, 1)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = ColdLoc> + '_ {
+        let segs = self
+            .segs
+            .iter()
+            .flat_map(|(seg, n)| std::iter::repeat_n(*seg, *n as usize));
+        self.offs
+            .iter()
+            .zip(segs)
+            .map(|(off, seg)| ColdLoc { seg, off: *off })
+    }
+
+    /// Drops the first `n`.
+    fn drain_front(&mut self, n: usize) {
+        for _ in 0..n.min(self.offs.len()) {
+            self.offs.pop_front();
+            if let Some(front) = self.segs.front_mut() {
+                front.1 -= 1;
+                if front.1 == 0 {
+                    self.segs.pop_front();
+                }
+            }
+        }
+        if self.offs.is_empty() {
+            // A drained backlog gives its memory back.
+            self.offs = VecDeque::new();
+            self.segs = VecDeque::new();
+        }
     }
 }
 
@@ -111,7 +169,7 @@ impl State {
         let fp = self.cold.fingerprint(key);
         self.cold.ids.insert(fp);
         let h = &mut self.hosts[host as usize];
-        h.cold.push_back(c);
+        h.cold.push(c);
         h.pending += 1;
         self.pending += 1;
     }
@@ -148,7 +206,7 @@ impl State {
                 h.paging = n;
                 // They stay on the list until they are queued, so `status`
                 // finds them meanwhile.
-                Some((host, h.cold.iter().take(n).copied().collect()))
+                Some((host, h.cold.iter().take(n).collect()))
             })
             .collect()
     }
@@ -163,8 +221,7 @@ impl State {
         spool: &crate::spool::Spool,
     ) -> bool {
         let h = &mut self.hosts[host as usize];
-        let n = locs.len().min(h.cold.len());
-        h.cold.drain(..n);
+        h.cold.drain_front(locs.len());
         let mut kick = false;
         let (mut taken, mut lost) = (0u64, 0u64);
         for (c, r) in locs.iter().zip(read) {
@@ -317,4 +374,30 @@ impl Engine {
 /// The id a cold request's key shows.
 pub(super) fn shown_id(r: &Restored) -> String {
     client_id(&r.id, r.owner.is_some()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cold_list_keeps_order_across_segments_and_drains_from_the_front() {
+        let mut l = ColdList::default();
+        let locs: Vec<(u32, u32)> = vec![(1, 16), (1, 300), (2, 16), (2, 90), (2, 400), (4, 16)];
+        for (seg, off) in &locs {
+            l.push(ColdLoc {
+                seg: *seg,
+                off: *off,
+            });
+        }
+        let got = |l: &ColdList| l.iter().map(|c| (c.seg, c.off)).collect::<Vec<_>>();
+        assert_eq!(got(&l), locs);
+        assert_eq!(l.segs.len(), 3, "one run per segment");
+        l.drain_front(3);
+        assert_eq!(got(&l), locs[3..]);
+        l.push(ColdLoc { seg: 4, off: 99 });
+        assert_eq!(l.len(), 4);
+        l.drain_front(10);
+        assert!(l.is_empty() && l.segs.is_empty());
+    }
 }
