@@ -432,6 +432,7 @@ impl State {
             self.hosts[host].delayed += 1;
         }
         self.emit("accepted", &job.key, |_| {});
+        self.trim_arrivals();
         kick
     }
 }

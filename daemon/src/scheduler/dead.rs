@@ -265,6 +265,7 @@ impl Engine {
             st.pending += 1;
             st.hosts[host].pending += 1;
             st.arrivals.push_back((now, id.clone()));
+            st.trim_arrivals();
             st.schedule(&id, now, false);
             n += 1;
         }

@@ -51,7 +51,8 @@ impl FpSet {
 
     /// Rebuilds `starts` for the run: about 32 entries a bucket.
     fn index(&mut self) {
-        let buckets = (self.run.len() / 32).max(1).next_power_of_two();
+        // At least two buckets: one would need a shift by 64.
+        let buckets = (self.run.len() / 32).max(2).next_power_of_two();
         let bits = buckets.trailing_zeros();
         self.shift = 64 - bits;
         self.starts.clear();
@@ -178,6 +179,28 @@ mod tests {
             assert_eq!(set.contains(fp), model.contains(&fp), "{fp}");
         }
         assert_eq!(set.len(), model.len());
+    }
+
+    /// A set that filled past a merge and is emptied again, one by one,
+    /// through every size down to nothing (the run shrinks by half at each
+    /// merge on the way).
+    #[test]
+    fn fills_and_drains_through_every_size() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut set = FpSet::default();
+        let fps: Vec<u64> = (0..3 * MIN_RECENT).map(|_| rng.u64(..)).collect();
+        for fp in &fps {
+            assert!(set.insert(*fp));
+        }
+        assert!(!set.run.is_empty());
+        for (i, fp) in fps.iter().enumerate() {
+            assert!(set.contains(*fp), "{i}");
+            assert!(set.remove(*fp), "{i}");
+            assert!(!set.contains(*fp), "{i}");
+            assert_eq!(set.len(), fps.len() - i - 1);
+        }
+        assert!(set.is_empty());
+        assert!(set.insert(7) && set.contains(7));
     }
 
     /// About 8 bytes an entry once merged.

@@ -544,6 +544,26 @@ impl State {
             .min()
     }
 
+    /// Keeps the oldest-pending queues in proportion to what is pending.
+    /// `stats` pops finished requests off their fronts, but nothing else
+    /// does, and a request retrying for a day at the front would hold every
+    /// later one behind it: past twice the requests pending in memory, the
+    /// finished ones go (amortized: the next trim is as many pushes away).
+    fn trim_arrivals(&mut self) {
+        let limit = 2 * self.pending.saturating_sub(self.cold.len()) + 65_536;
+        let entries = &self.entries;
+        for q in [&mut self.arrivals, &mut self.restored, &mut self.paged] {
+            if q.len() > limit {
+                q.retain(|(at, id)| {
+                    entries
+                        .get(id)
+                        .is_some_and(|e| e.phase.is_pending() && e.accepted_ms == *at)
+                });
+                q.shrink_to(q.len() * 2);
+            }
+        }
+    }
+
     /// Whether a rate timer was set since the last call.
     pub(super) fn take_rate_kick(&mut self) -> bool {
         std::mem::take(&mut self.rate_kick)

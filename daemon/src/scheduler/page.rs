@@ -20,7 +20,7 @@ use crate::spool::{restored_from, Loc, ReadError, Restored};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 // A lane keeps at most `spool.memory_window` pending requests in memory
 // (more only while restoring retries at start): a million-request backlog
@@ -54,6 +54,9 @@ pub(super) struct ColdList {
     offs: VecDeque<u32>,
     /// (segment, how many of the next offsets are in it), in order.
     segs: VecDeque<(u32, u32)>,
+    /// Requests taken off the front so far: `popped + i` names the `i`th
+    /// for good, however the front moves.
+    popped: u64,
 }
 
 impl ColdList {
@@ -84,9 +87,40 @@ impl ColdList {
             .map(|(off, seg)| ColdLoc { seg, off: *off })
     }
 
+    /// Up to `n` requests from position `from` on (counted from the
+    /// first ever pushed), and the position after them. Positions already
+    /// taken off the front are skipped.
+    fn chunk(&self, from: u64, n: usize) -> (Vec<ColdLoc>, u64) {
+        let mut skip = from.saturating_sub(self.popped) as usize;
+        let start = self.popped + skip as u64;
+        let mut out = Vec::with_capacity(n.min(self.offs.len().saturating_sub(skip)));
+        let mut i = skip;
+        for &(seg, count) in &self.segs {
+            let count = count as usize;
+            if skip >= count {
+                skip -= count;
+                continue;
+            }
+            for _ in skip..count {
+                if out.len() == n {
+                    return (out, start + n as u64);
+                }
+                out.push(ColdLoc {
+                    seg,
+                    off: self.offs[i],
+                });
+                i += 1;
+            }
+            skip = 0;
+        }
+        let next = start + out.len() as u64;
+        (out, next)
+    }
+
     /// Drops the first `n`.
     fn drain_front(&mut self, n: usize) {
         for _ in 0..n.min(self.offs.len()) {
+            self.popped += 1;
             self.offs.pop_front();
             if let Some(front) = self.segs.front_mut() {
                 front.1 -= 1;
@@ -213,30 +247,37 @@ impl State {
 
     /// Queues the requests read back for lane `host` (`read` in the order
     /// of `locs`).
+    /// Returns whether the dispatcher must look, and whether to try again
+    /// later (an I/O error that may pass: the failed request and those
+    /// after it stay on the list).
     fn apply_page_in(
         &mut self,
         host: u32,
         locs: &[ColdLoc],
         read: Vec<Result<(Loc, Vec<u8>), ReadError>>,
         spool: &crate::spool::Spool,
-    ) -> bool {
-        let h = &mut self.hosts[host as usize];
-        h.cold.drain_front(locs.len());
+    ) -> (bool, bool) {
         let mut kick = false;
-        let (mut taken, mut lost) = (0u64, 0u64);
+        let (mut taken, mut lost, mut retry) = (0usize, 0u64, false);
         for (c, r) in locs.iter().zip(read) {
             let r = match r {
                 Ok((loc, payload)) => {
                     restored_from(&payload, loc).ok_or_else(|| "not a request record".to_string())
                 }
+                Err(e @ ReadError::Io { .. }) => {
+                    // Out of file descriptors, a disk hiccup: not lost.
+                    warn!(segment = c.seg, error = %e, "cannot read paged-out requests back from the spool; trying again in 1 s");
+                    retry = true;
+                    break;
+                }
                 Err(e) => Err(e.to_string()),
             };
+            taken += 1;
             match r {
                 Ok(r) => {
                     let fp = self.cold.fingerprint(&r.id);
                     if self.cold.ids.remove(fp) {
                         kick |= self.insert_paged(host, r);
-                        taken += 1;
                     } else {
                         // Nothing but this takes a key out of the cold set:
                         // a second copy, and its first won.
@@ -245,9 +286,11 @@ impl State {
                     }
                 }
                 Err(why) => {
+                    // Damaged since it was written: as replay would skip it.
                     lost += 1;
-                    error!(segment = c.seg, offset = c.off, error = %why, "a request kept in the spool cannot be read back; it is lost");
-                    // It must not keep its segment forever.
+                    spool.count_corrupt();
+                    error!(segment = c.seg, offset = c.off, error = %why, "a request kept in the spool is damaged and cannot be read back; it is lost");
+                    // It must not keep its segment for ever.
                     spool.forget(Loc {
                         seg: c.seg as u64,
                         off: c.off,
@@ -257,10 +300,14 @@ impl State {
                 }
             }
         }
-        self.hosts[host as usize].paging = 0;
-        debug!(host = %self.hosts[host as usize].key, taken, lost, "paged requests back in from the spool");
-        self.want_page_in(host);
-        kick
+        let h = &mut self.hosts[host as usize];
+        h.cold.drain_front(taken);
+        h.paging = 0;
+        debug!(host = %h.key, taken, lost, "paged requests back in from the spool");
+        if !retry {
+            self.want_page_in(host);
+        }
+        (kick, retry)
     }
 
     /// A cold request that will not come back: it stops counting.
@@ -275,6 +322,7 @@ impl State {
         let bytes = r.loc.len as u64;
         self.bytes += bytes;
         self.paged.push_back((r.accepted_ms, r.id.clone()));
+        self.trim_arrivals();
         self.entries.insert(
             r.id.clone(),
             Entry {
@@ -323,12 +371,18 @@ impl Engine {
                 return;
             }
         };
-        let mut st = self.lock();
-        st.apply_page_in(host, &locs, read, &spool);
-        let events = st.take_events();
-        drop(st);
+        let (retry, events) = {
+            let mut st = self.lock();
+            let (_, retry) = st.apply_page_in(host, &locs, read, &spool);
+            (retry, st.take_events())
+        };
         self.publish(events);
         self.wake.notify_one();
+        if retry {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            self.lock().want_page_in(host);
+            self.wake.notify_one();
+        }
     }
 
     /// `status` of a cold request: found by reading the lanes' cold
@@ -347,19 +401,15 @@ impl Engine {
                 let (chunk, lane) = {
                     let st = self.lock();
                     let Some(h) = st.hosts.get(host) else { break };
-                    let chunk: Vec<(u64, u32)> = h
-                        .cold
-                        .iter()
-                        .skip(from)
-                        .take(batch)
-                        .map(|c| (c.seg as u64, c.off))
-                        .collect();
+                    let (chunk, next) = h.cold.chunk(from, batch);
+                    from = next;
+                    let chunk: Vec<(u64, u32)> =
+                        chunk.iter().map(|c| (c.seg as u64, c.off)).collect();
                     (chunk, h.key.clone())
                 };
                 if chunk.is_empty() {
                     break;
                 }
-                from += chunk.len();
                 for (loc, payload) in spool.read_records(&chunk).into_iter().flatten() {
                     if let Some(r) = restored_from(&payload, loc).filter(|r| *r.id == *key) {
                         return Some((r, lane));
@@ -395,6 +445,20 @@ mod tests {
         assert_eq!(l.segs.len(), 3, "one run per segment");
         l.drain_front(3);
         assert_eq!(got(&l), locs[3..]);
+        // Positions count from the first ever pushed.
+        let (c, next) = l.chunk(0, 2);
+        assert_eq!(
+            c.iter().map(|c| (c.seg, c.off)).collect::<Vec<_>>(),
+            locs[3..5]
+        );
+        assert_eq!(next, 5);
+        let (c, next) = l.chunk(next, 10);
+        assert_eq!(
+            c.iter().map(|c| (c.seg, c.off)).collect::<Vec<_>>(),
+            locs[5..]
+        );
+        assert_eq!(next, 6);
+        assert!(l.chunk(next, 10).0.is_empty());
         l.push(ColdLoc { seg: 4, off: 99 });
         assert_eq!(l.len(), 4);
         l.drain_front(10);

@@ -45,6 +45,10 @@ impl Engine {
         // Oldest first, so `stats` finds the oldest pending at the front.
         jobs.sort_by_key(|r| r.accepted_ms);
         for mut r in jobs {
+            if shutdown.is_draining() {
+                // The rest stay on disk for the next start.
+                return;
+            }
             let loc = r.loc;
             let taken = loop {
                 match self.restore(r) {
@@ -186,6 +190,7 @@ impl Engine {
         st.pending += 1;
         st.hosts[host as usize].pending += 1;
         st.restored.push_back((accepted_ms, id.clone()));
+        st.trim_arrivals();
         let at = o.next_ms.max(not_before_ms);
         let kick = st.schedule(&id, at, o.attempts > 0);
         drop(st);
@@ -199,7 +204,8 @@ impl Engine {
     pub fn restore_delivered(&self, r: Restored) {
         let history = self.dcfg().status_history;
         let mut st = self.lock();
-        if st.entries.contains_key(&r.id) || history == 0 {
+        // Sent again since, and pending (in memory or paged out): that wins.
+        if st.entries.contains_key(&r.id) || st.cold.contains(&r.id) || history == 0 {
             return;
         }
         let host = st.host_for_key(&r.host, r.dest.as_deref());

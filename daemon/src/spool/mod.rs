@@ -397,6 +397,11 @@ impl Spool {
         Ok(&chunk.data[from..from + n])
     }
 
+    /// Counts a damaged record found after start (in `stats`).
+    pub fn count_corrupt(&self) {
+        self.damage.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Loads a job from its record (at delivery time, for `status`, ...).
     pub fn read(&self, loc: Loc) -> Result<Arc<Job>, ReadError> {
         let mut bytes = vec![0u8; loc.len as usize];
@@ -563,6 +568,20 @@ impl Spool {
             }
         }
         scan.finish();
+        // A segment the first pass read and the second could not (a
+        // transient error: no file descriptor, no memory): its jobs were
+        // not counted, so no segment may be deleted in this run; they are
+        // replayed at the next start.
+        let unread: Vec<u64> = segs
+            .iter()
+            .copied()
+            .take_while(|_| !stopped)
+            .filter(|n| first.read_ok.contains(n) && !scan.read_ok.contains(n))
+            .collect();
+        if !unread.is_empty() {
+            warn!(segments = ?unread, "spool segments could not be read a second time; their requests wait for the next start, and no segment is deleted until then");
+            stopped = true;
+        }
         // The first pass saw the damage (and cut torn tails); the second
         // counted what is pending.
         let mut report = first.report.clone();
@@ -575,10 +594,19 @@ impl Spool {
 
         self.damage
             .fetch_add(report.corrupt_records, Ordering::Relaxed);
-        let jobs: Vec<Restored> = std::mem::take(&mut scan.slots)
-            .into_iter()
-            .flatten()
-            .collect();
+        // Stopped early, the merged jobs may lack the outcome that finished
+        // them (in a segment not read): none is restored.
+        let jobs: Vec<Restored> = if stopped {
+            Vec::new()
+        } else {
+            std::mem::take(&mut scan.slots)
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        if stopped {
+            scan.delivered.clear();
+        }
         scan.index = HashMap::new();
         {
             let mut inner = self.lock();
