@@ -33,15 +33,13 @@ pub fn new_id(now_ms: u64) -> std::sync::Arc<str> {
     let count = g.counter.fetch_add(1, Ordering::Relaxed);
     let value: u128 =
         ((ms as u128 & 0xFFFF_FFFF_FFFF) << 80) | ((g.node as u128) << 64) | count as u128;
+    // Five bits a character from the low end: character i holds bits
+    // 125 - 5i and up, the first one the top 3 bits.
     let mut out = [0u8; 26];
-    for (i, slot) in out.iter_mut().enumerate() {
-        let shift = 125 - 5 * i as i32;
-        let idx = if shift >= 0 {
-            (value >> shift) & 31
-        } else {
-            (value << -shift) & 31
-        };
-        *slot = ALPHABET[idx as usize];
+    let mut v = value;
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(v & 31) as usize];
+        v >>= 5;
     }
     std::str::from_utf8(&out).expect("alphabet is ASCII").into()
 }
@@ -59,6 +57,8 @@ mod tests {
             assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
         }
         assert!(ids.iter().all(|i| i.len() == 26));
+        // The layout: 48 bits of ms first (10 characters), the rest after.
+        assert_eq!(&ids[0][..10], "01HF7YAT00");
         ffd_proto::validate_id(&ids[0]).unwrap();
     }
 }

@@ -23,11 +23,25 @@ pub fn owner_key(owner: Option<Owner>, id: &str) -> Arc<str> {
     };
     // Built on the stack and copied once into the Arc: one allocation per
     // send, on the ACK path (ids are at most 128 bytes; ffd's own are 26).
+    // The uid is written by hand: `write!` costs more than the rest.
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut uid = o.uid;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (uid % 10) as u8;
+        uid /= 10;
+        if uid == 0 {
+            break;
+        }
+    }
+    let uid = &digits[at..];
     let mut buf = [0u8; 160];
-    let mut w = std::io::Cursor::new(&mut buf[..]);
-    use std::io::Write;
-    if write!(w, "{}:{id}", o.uid).is_ok() {
-        let n = w.position() as usize;
+    let n = uid.len() + 1 + id.len();
+    if n <= buf.len() {
+        buf[..uid.len()].copy_from_slice(uid);
+        buf[uid.len()] = b':';
+        buf[uid.len() + 1..n].copy_from_slice(id.as_bytes());
         if let Ok(s) = std::str::from_utf8(&buf[..n]) {
             return s.into();
         }
@@ -135,6 +149,10 @@ mod tests {
         assert_eq!(&*owner_key(alice, "order-1"), "1000:order-1");
         assert_ne!(owner_key(alice, "order-1"), owner_key(bob, "order-1"));
         assert_eq!(&*owner_key(None, "order-1"), "order-1");
+        for uid in [0, 7, 10, 99, 4_294_967_295] {
+            let o = Some(Owner { uid, gid: 0 });
+            assert_eq!(&*owner_key(o, "x"), format!("{uid}:x"));
+        }
         let long = "x".repeat(200);
         let k = owner_key(alice, &long);
         assert_eq!(client_id(&k, true), long);

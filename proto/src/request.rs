@@ -10,6 +10,7 @@ use base64::Engine as _;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest caller-supplied `id`, in bytes.
@@ -147,16 +148,24 @@ pub enum Selection {
 struct RawLine<'a> {
     #[serde(borrow)]
     op: Option<&'a RawValue>,
-    url: Option<String>,
-    dest: Option<String>,
-    path: Option<String>,
-    method: Option<String>,
-    headers: Option<Headers>,
-    body: Option<String>,
-    body_base64: Option<String>,
+    #[serde(borrow)]
+    url: Option<Str<'a>>,
+    #[serde(borrow)]
+    dest: Option<Str<'a>>,
+    #[serde(borrow)]
+    path: Option<Str<'a>>,
+    #[serde(borrow)]
+    method: Option<Str<'a>>,
+    #[serde(borrow)]
+    headers: Option<Headers<'a>>,
+    #[serde(borrow)]
+    body: Option<Str<'a>>,
+    #[serde(borrow)]
+    body_base64: Option<Str<'a>>,
     #[serde(borrow)]
     json: Option<&'a RawValue>,
-    id: Option<String>,
+    #[serde(borrow)]
+    id: Option<Str<'a>>,
     timeout_ms: Option<u64>,
     max_attempts: Option<u32>,
     ttl_ms: Option<u64>,
@@ -167,27 +176,68 @@ struct RawLine<'a> {
     events: Option<Vec<String>>,
 }
 
-/// Headers given either as an object or as a list of `[name, value]` pairs.
-struct Headers(Vec<(String, String)>);
+/// A JSON string borrowed from the line when it has no escapes (the line
+/// outlives the parse): most strings of a send are copied once, into
+/// what keeps them, not first into a `String` of their own.
+struct Str<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Headers {
+impl<'a> Str<'a> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Headers;
+            type Value = Str<'de>;
+            // As serde's for `String`: error messages stay the same.
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_string(V)
+    }
+}
+
+/// Headers given either as an object or as a list of `[name, value]` pairs.
+struct Headers<'a>(Vec<(Str<'a>, Str<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Headers<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object of header values or a list of [name, value] pairs")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Headers, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Headers<'de>, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                while let Some((k, v)) = m.next_entry::<Str<'de>, Str<'de>>()? {
                     out.push((k, v));
                 }
                 Ok(Headers(out))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Headers, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Headers<'de>, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = s.next_element::<(String, String)>()? {
+                while let Some((k, v)) = s.next_element::<(Str<'de>, Str<'de>)>()? {
                     out.push((k, v));
                 }
                 Ok(Headers(out))
@@ -285,16 +335,17 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
         }
         Ok(())
     };
-    let selection = |raw_id: Option<String>, all: Option<bool>| match (raw_id, all) {
-        (Some(id), None | Some(false)) => Ok(Selection::Id(id)),
-        (None, Some(true)) => Ok(Selection::All),
-        (Some(_), Some(true)) => Err(ProtoError::bad_request(format!(
-            "op `{name}` takes `id` or `all`, not both"
-        ))),
-        _ => Err(ProtoError::bad_request(format!(
-            "op `{name}` needs `id` or `\"all\": true`"
-        ))),
-    };
+    let selection =
+        |raw_id: Option<Str>, all: Option<bool>| match (raw_id.map(Str::into_owned), all) {
+            (Some(id), None | Some(false)) => Ok(Selection::Id(id)),
+            (None, Some(true)) => Ok(Selection::All),
+            (Some(_), Some(true)) => Err(ProtoError::bad_request(format!(
+                "op `{name}` takes `id` or `all`, not both"
+            ))),
+            _ => Err(ProtoError::bad_request(format!(
+                "op `{name}` needs `id` or `\"all\": true`"
+            ))),
+        };
     match name.as_str() {
         "ping" => no_extra(&[]).map(|_| ControlOp::Ping),
         "stats" => no_extra(&[]).map(|_| ControlOp::Stats),
@@ -302,6 +353,7 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
             no_extra(&["id"])?;
             let id = raw
                 .id
+                .map(Str::into_owned)
                 .ok_or_else(|| ProtoError::bad_request("op `status` needs field `id`"))?;
             Ok(ControlOp::Status { id })
         }
@@ -329,7 +381,7 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
             }
             Ok(ControlOp::Tail(TailFilter {
                 host: raw.host,
-                dest: raw.dest,
+                dest: raw.dest.map(Str::into_owned),
                 events,
             }))
         }
@@ -368,11 +420,11 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
                     "field `path` goes with `dest`; with `url`, put the path in the URL",
                 ));
             }
-            Target::Url(validate_url_owned(url)?)
+            Target::Url(validate_url(&url)?)
         }
         (None, Some(name)) => {
             validate_dest_name(&name)?;
-            let path = raw.path.unwrap_or_default();
+            let path = raw.path.map(Str::into_owned).unwrap_or_default();
             if !path.is_empty() && !path.starts_with('/') && !path.starts_with('?') {
                 return Err(ProtoError::bad_request(format!(
                     "`path` must start with `/` or `?`, got {}",
@@ -385,7 +437,10 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
                     show(&path)
                 )));
             }
-            Target::Dest { name, path }
+            Target::Dest {
+                name: name.into_owned(),
+                path,
+            }
         }
     };
 
@@ -393,7 +448,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     if let Some(Headers(list)) = raw.headers {
         headers.reserve(list.len());
         for (name, value) in list {
-            headers.push(validate_header(name, value)?);
+            headers.push(validate_header(&name, value.0)?);
         }
     }
 
@@ -409,7 +464,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     }
     let has_body = bodies.iter().any(|b| *b);
     let body = if let Some(text) = raw.body {
-        text.into_bytes()
+        text.into_owned().into_bytes()
     } else if let Some(b64) = raw.body_base64 {
         base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
@@ -445,6 +500,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     if let Some(id) = &raw.id {
         validate_id(id)?;
     }
+    let id = raw.id.map(Str::into_owned);
     if let Some(t) = raw.timeout_ms {
         if t == 0 || t > MAX_TIMEOUT_MS {
             return Err(ProtoError::bad_request(format!(
@@ -471,7 +527,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     }
 
     Ok(SendRequest {
-        id: raw.id,
+        id,
         method,
         target,
         headers,
@@ -503,19 +559,6 @@ pub fn validate_url(url: &str) -> Result<http::Uri, ProtoError> {
         ProtoError::bad_request(format!("`url` is not a valid URL ({e}): {}", show(url)))
     })?;
     check_uri(uri, url)
-}
-
-/// As [`validate_url`], taking the String: the URI keeps its bytes, no copy.
-fn validate_url_owned(url: String) -> Result<http::Uri, ProtoError> {
-    let bytes = bytes::Bytes::from(url);
-    let text = |b: &bytes::Bytes| std::str::from_utf8(b).unwrap_or("").to_string();
-    let uri = http::Uri::from_maybe_shared(bytes.clone()).map_err(|e| {
-        ProtoError::bad_request(format!(
-            "`url` is not a valid URL ({e}): {}",
-            show(&text(&bytes))
-        ))
-    })?;
-    check_uri(uri, std::str::from_utf8(&bytes).unwrap_or(""))
 }
 
 fn check_uri(uri: http::Uri, url: &str) -> Result<http::Uri, ProtoError> {
@@ -601,11 +644,11 @@ pub fn refused_header(name: &http::HeaderName) -> Option<HeaderRefusal> {
 }
 
 fn validate_header(
-    name: String,
-    value: String,
+    name: &str,
+    value: Cow<str>,
 ) -> Result<(http::HeaderName, http::HeaderValue), ProtoError> {
     let hn = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-        ProtoError::bad_request(format!("header name is not a valid token: {}", show(&name)))
+        ProtoError::bad_request(format!("header name is not a valid token: {}", show(name)))
     })?;
     match refused_header(&hn) {
         Some(HeaderRefusal::Host) => {
@@ -621,7 +664,12 @@ fn validate_header(
         }
         None => {}
     }
-    let hv = http::HeaderValue::try_from(value).map_err(|_| {
+    // Same check either way; an owned value (it had escapes) is not copied.
+    let hv = match value {
+        Cow::Owned(v) => http::HeaderValue::try_from(v),
+        Cow::Borrowed(v) => http::HeaderValue::from_str(v),
+    };
+    let hv = hv.map_err(|_| {
         // Never echo the value: it may be a secret.
         ProtoError::bad_request(format!(
             "value of header `{}` holds a control character (CR, LF, NUL...)",

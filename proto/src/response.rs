@@ -42,7 +42,37 @@ pub fn write_ok_value(out: &mut Vec<u8>, key: &str, value: &Value) {
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Nearly every string (every id) needs no escape: copied as serde_json
+    // would write it, without its per-byte escape machinery.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     serde_json::to_writer(&mut *out, s).expect("serialize str");
+}
+
+#[cfg(test)]
+mod json_str_tests {
+    #[test]
+    fn written_as_serde_json_writes_it() {
+        for s in [
+            "",
+            "01ABC",
+            "a\"b",
+            "a\\b",
+            "tab\there",
+            "\u{1}",
+            "é ü",
+            "del\u{7f}",
+        ] {
+            let mut out = Vec::new();
+            super::write_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
 }
 
 /// A response line as a client sees it.

@@ -20,6 +20,9 @@ use tokio::net::UnixStream;
 use tracing::debug;
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Sends a connection keeps room for between reads (a 64 KiB read of
+/// 200-byte sends is about 330).
+const KEPT_SENDS: usize = 512;
 
 /// One slot of the answer to a batch, in line order.
 enum Slot {
@@ -47,6 +50,22 @@ impl Batch {
             tail: None,
             started: Instant::now(),
         }
+    }
+
+    /// Ready for the lines of the next read. The vectors keep their room:
+    /// a pipelining client's batches are all about the same size, and
+    /// growing them again (sends are large) on every read was a copy and
+    /// an allocation per doubling. Past [`KEPT_SENDS`] the room is given
+    /// back, so an idle connection holds little after a burst of tiny lines.
+    fn restart(&mut self) {
+        debug_assert!(self.slots.is_empty() && self.sends.is_empty());
+        if self.sends.capacity() > KEPT_SENDS {
+            self.sends = Vec::new();
+            self.slots = Vec::new();
+        }
+        self.slots.clear();
+        self.sends.clear();
+        self.started = Instant::now();
     }
 }
 
@@ -166,6 +185,7 @@ pub async fn serve(
         wr: &mut wr,
         buf: Vec::with_capacity(4096),
     };
+    let mut batch = Batch::new();
     loop {
         let read = tokio::select! {
             r = rd.read(&mut chunk) => r,
@@ -179,7 +199,7 @@ pub async fn serve(
         };
         let n = match read {
             Ok(0) => {
-                let mut batch = Batch::new();
+                batch.restart();
                 lines.finish(&mut batch, &engine, &mut out, peer).await;
                 let _ = flush(&mut batch, &engine, peer, &mut out.buf, out.wr).await;
                 break;
@@ -190,7 +210,7 @@ pub async fn serve(
                 return;
             }
         };
-        let mut batch = Batch::new();
+        batch.restart();
         lines
             .feed(&chunk[..n], &mut batch, &engine, &mut out, peer)
             .await;
@@ -289,12 +309,11 @@ async fn flush(
     if batch.slots.is_empty() {
         return Ok(());
     }
-    let sends = std::mem::take(&mut batch.sends);
-    let n_sends = sends.len();
-    let results = if sends.is_empty() {
+    let n_sends = batch.sends.len();
+    let results = if n_sends == 0 {
         Vec::new()
     } else {
-        engine.accept(sends, peer.owner()).await
+        engine.accept(&mut batch.sends, peer.owner()).await
     };
     out.clear();
     for slot in batch.slots.drain(..) {
