@@ -227,7 +227,31 @@ impl Engine {
     /// idempotency key); returns the jobs to write.
     async fn reserve_all(&self, jobs: Vec<Pending>, results: &mut [Admitted]) -> Vec<Pending> {
         let mut fresh = Vec::with_capacity(jobs.len());
-        for (i, job, bytes) in jobs {
+        let mut rest = jobs.into_iter().peekable();
+        // One lock for the batch (a lock per send was the contended part of
+        // ingest on many connections), up to the first send that must wait.
+        {
+            let mut st = self.lock();
+            while let Some((i, job, bytes)) = rest.peek() {
+                let i = *i;
+                match self.reserve_locked(&mut st, job, *bytes) {
+                    Ok(Reserve::Known) => {
+                        if let Ok(a) = &mut results[i] {
+                            a.duplicate = true;
+                        }
+                    }
+                    Ok(Reserve::Reserved) => {}
+                    Ok(Reserve::Pending | Reserve::Full) => break,
+                    Err(e) => results[i] = Err(e),
+                }
+                if let Some(p) = rest.next() {
+                    if matches!(results[i], Ok(ref a) if !a.duplicate) {
+                        fresh.push(p);
+                    }
+                }
+            }
+        }
+        for (i, job, bytes) in rest {
             let mut waited = 0u32;
             loop {
                 let notified = self.room.notified();
@@ -328,6 +352,16 @@ impl Engine {
     /// `Ok(None)`: the id is already known, nothing to do.
     fn reserve(&self, job: &Arc<Job>, bytes: u64) -> Result<Reserve, ProtoError> {
         let mut st = self.lock();
+        self.reserve_locked(&mut st, job, bytes)
+    }
+
+    /// [`Engine::reserve`] under a lock the caller holds.
+    fn reserve_locked(
+        &self,
+        st: &mut State,
+        job: &Arc<Job>,
+        bytes: u64,
+    ) -> Result<Reserve, ProtoError> {
         if st.draining {
             return Err(ProtoError::new(
                 ErrorCode::ShuttingDown,
