@@ -199,8 +199,14 @@ pub fn status_text(st: &serde_json::Value) -> String {
 /// `ffclient stats` for a person.
 pub fn stats_text(st: &serde_json::Value) -> String {
     let n = |k: &str| st[k].as_u64().unwrap_or(0);
+    // Requests kept in the spool only (`spool.memory_window`) are part of
+    // the queue; said when there are any.
+    let paged = match n("paged_out") {
+        0 => String::new(),
+        p => format!(" ({p} of them paged out to the spool)"),
+    };
     let mut out = format!(
-        "queued {}, in flight {}, dead letters {}; oldest pending {}\n",
+        "queued {}{paged}, in flight {}, dead letters {}; oldest pending {}\n",
         n("queued"),
         n("in_flight"),
         n("dead_letters"),
@@ -370,5 +376,22 @@ pub fn reason(code: u64) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_say_how_much_of_the_queue_is_paged_out_when_some_is() {
+        let st = serde_json::json!({"queued": 5, "paged_out": 3, "in_flight": 1});
+        let text = stats_text(&st);
+        assert!(
+            text.starts_with("queued 5 (3 of them paged out to the spool), in flight 1"),
+            "{text}"
+        );
+        let st = serde_json::json!({"queued": 5, "paged_out": 0, "in_flight": 1});
+        assert!(stats_text(&st).starts_with("queued 5, in flight 1"));
     }
 }
