@@ -1,9 +1,9 @@
 //! Paging: bounded memory for a backlog. A lane keeps at most
 //! `spool.memory_window` pending requests in memory; past that, its new
 //! requests stay only in the spool ("cold"). For each, the lane keeps where
-//! its record is (about 4 bytes, in order) and [`Cold`] a 64-bit fingerprint of
-//! its key, so a repeated id is still a duplicate and `status` still finds
-//! it. When the lane's requests in memory fall under half the window, the
+//! its record is (about 4 bytes, in order) and [`Cold`] a 64-bit
+//! fingerprint of its key, so a repeated id is still a duplicate and
+//! `status` still finds it. When the lane's requests in memory fall under half the window, the
 //! next cold ones are read back in order, off the lock, and queued as if
 //! just restored.
 //!
@@ -23,10 +23,10 @@ use std::sync::Arc;
 use tracing::{debug, error, warn};
 
 // A lane keeps at most `spool.memory_window` pending requests in memory
-// (more only while restoring retries at start): a million-request backlog
-// to one host costs that many entries plus about 12 bytes (place and fingerprint) per
-// request. Half a window is read back at once, when the lane is down to
-// half its window.
+// (more only while restoring retries at start, and sends waiting for their
+// `delay_ms`): a million-request backlog to one host costs that many
+// entries plus about 12 bytes (place and fingerprint) per request. Half a
+// window is read back at once, when the lane is down to half its window.
 
 /// Where a cold request's record is; its length is in the record's header.
 #[derive(Debug, Clone, Copy)]
