@@ -3,9 +3,9 @@
 //! requests stay only in the spool ("cold"). For each, the lane keeps where
 //! its record is (about 4 bytes, in order) and [`Cold`] a 64-bit
 //! fingerprint of its key, so a repeated id is still a duplicate and
-//! `status` still finds it. When the lane's requests in memory fall under half the window, the
-//! next cold ones are read back in order, off the lock, and queued as if
-//! just restored.
+//! `status` still finds it. When the lane's requests in memory fall under
+//! half the window, the next cold ones are read back in order, off the
+//! lock, and queued as if just restored.
 //!
 //! Only requests with no attempt yet go cold (new sends, and replayed ones
 //! at start), so a cold request's record says all there is to know of it.
