@@ -18,11 +18,16 @@ pub struct Owner {
 /// for a request without an owner (written by ffd before requests had
 /// owners). Ids hold no spaces; the uid ends at the first `:`.
 pub fn owner_key(owner: Option<Owner>, id: &str) -> Arc<str> {
+    with_owner_key(owner, id, |k| Arc::from(k))
+}
+
+/// Calls `f` with [`owner_key`] of `owner` and `id`, built on the stack:
+/// one allocation per send at most, on the ACK path (ids are at most 128
+/// bytes; ffd's own are 26), none for a caller that only reads the key.
+pub fn with_owner_key<R>(owner: Option<Owner>, id: &str, f: impl FnOnce(&str) -> R) -> R {
     let Some(o) = owner else {
-        return id.into();
+        return f(id);
     };
-    // Built on the stack and copied once into the Arc: one allocation per
-    // send, on the ACK path (ids are at most 128 bytes; ffd's own are 26).
     // The uid is written by hand: `write!` costs more than the rest.
     let mut digits = [0u8; 10];
     let mut at = digits.len();
@@ -43,10 +48,10 @@ pub fn owner_key(owner: Option<Owner>, id: &str) -> Arc<str> {
         buf[uid.len()] = b':';
         buf[uid.len() + 1..n].copy_from_slice(id.as_bytes());
         if let Ok(s) = std::str::from_utf8(&buf[..n]) {
-            return s.into();
+            return f(s);
         }
     }
-    format!("{}:{id}", o.uid).into()
+    f(&format!("{}:{id}", o.uid))
 }
 
 /// The client's id within a key made by [`owner_key`].

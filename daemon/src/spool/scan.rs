@@ -177,19 +177,7 @@ fn outcome_fp(key: &str) -> u64 {
 /// The fingerprint of the key of a JOB record's owner and id: the same as
 /// [`outcome_fp`] of its [`owner_key`], without allocating it.
 fn key_fp(owner: Option<Owner>, id: &str) -> u64 {
-    let Some(o) = owner else {
-        return outcome_fp(id);
-    };
-    let mut buf = [0u8; 192];
-    let mut w = std::io::Cursor::new(&mut buf[..]);
-    use std::io::Write;
-    if write!(w, "{}:{id}", o.uid).is_ok() {
-        let n = w.position() as usize;
-        if let Ok(k) = std::str::from_utf8(&buf[..n]) {
-            return outcome_fp(k);
-        }
-    }
-    outcome_fp(&owner_key(owner, id))
+    crate::job::with_owner_key(owner, id, outcome_fp)
 }
 
 /// Whether a JOB record's state is that of a new send (never attempted).
