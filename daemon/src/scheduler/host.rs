@@ -59,7 +59,7 @@ pub(super) const HOST_IDLE_MS: u64 = 30_000;
 
 impl Host {
     /// The place of a dropped host (an empty key), until a new host takes
-    /// its number.
+    /// its number; also what a new host starts from.
     fn vacant() -> Host {
         Host {
             key: String::new(),
@@ -200,24 +200,9 @@ impl State {
         let mut host = Host {
             key: key.to_string(),
             label,
-            breaker: Breaker::default(),
-            in_flight: 0,
-            pending: 0,
-            last_success_ms: 0,
-            last_failure_ms: 0,
-            last_error: None,
             dest: dest.map(Into::into),
-            limits: DestLimits::default(),
-            bucket: None,
-            rate_wake_ms: 0,
-            recent: VecDeque::new(),
-            cold: ColdList::default(),
-            paging: 0,
-            delayed: 0,
-            page_wanted: false,
             created_ms: now,
-            attempt_counters: Vec::new(),
-            delivered_text: None,
+            ..Host::vacant()
         };
         if let Some(l) = dest.and_then(|d| self.dest_limits.get(d)) {
             host.set_limits(*l, now);

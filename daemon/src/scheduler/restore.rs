@@ -128,8 +128,9 @@ impl Engine {
         let fresh = r.state.attempts == 0
             && !r.state.is_dead_letter()
             && r.not_before_ms.max(r.state.next_ms) <= crate::clock::now_ms();
+        let lane = st.host_for_key(&r.host, r.dest.as_deref());
         if fresh && self.spool.is_some() {
-            let host = st.host_for_key(&r.host, r.dest.as_deref());
+            let host = lane;
             if st.goes_cold(host, r.loc) {
                 st.make_cold(host, &r.id, r.loc);
                 return RestoreResult::Taken(true);
@@ -138,8 +139,8 @@ impl Engine {
         let Restored {
             id,
             owner,
-            host,
-            dest,
+            dest: _,
+            host: _,
             max_attempts,
             accepted_ms,
             not_before_ms,
@@ -149,7 +150,7 @@ impl Engine {
         } = r;
         // What the spool holds for it, roughly (memory-mode accounting only).
         let bytes = loc.len as u64;
-        let host = st.host_for_key(&host, dest.as_deref());
+        let host = lane;
         let dead = match o.kind {
             Kind::Dead => Some(Phase::Dead),
             Kind::Expired => Some(Phase::Expired),
