@@ -6,10 +6,8 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
-use support::{Daemon, Reply, Sink, FAST, T};
+use support::{pipelined, Daemon, Reply, Sink, FAST, T};
 
 /// A window of 8 (4 read back at a time), one delivery at a time so the
 /// order they arrive in is the order ffd took them in.
@@ -18,23 +16,14 @@ const SMALL_WINDOW: &str = "[spool]\nmemory_window = 8\n[delivery]\nmax_in_fligh
 /// Sends `n` requests `q-00000`, ... pipelined on one connection, each
 /// due `delay_ms` from now; returns the answers.
 fn send_backlog(d: &Daemon, url: &str, n: usize, delay_ms: u64) -> Vec<Value> {
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    let reader = BufReader::new(s.try_clone().unwrap());
-    let collector = std::thread::spawn(move || {
-        reader
-            .lines()
-            .take(n)
-            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-            .collect::<Vec<_>>()
-    });
-    let mut buf = String::new();
-    for i in 0..n {
-        buf.push_str(&format!(
-            "{{\"url\":\"{url}\",\"id\":\"q-{i:05}\",\"body\":\"{i}\",\"delay_ms\":{delay_ms}}}\n"
-        ));
-    }
-    s.write_all(buf.as_bytes()).unwrap();
-    collector.join().unwrap()
+    let lines: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"url\":\"{url}\",\"id\":\"q-{i:05}\",\"body\":\"{i}\",\"delay_ms\":{delay_ms}}}\n"
+            )
+        })
+        .collect();
+    pipelined(&d.socket, &lines)
 }
 
 /// A sink whose first request (the blocker) hangs for `hold`: with one

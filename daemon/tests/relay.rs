@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{bin, wait_until, Daemon, Reply, Sink, FAST, T};
+use support::{bin, pipelined, wait_until, Daemon, Reply, Sink, FAST, T};
 
 /// Writes raw bytes, closes the write side, returns every answer line.
 fn raw_exchange(d: &Daemon, bytes: &[u8]) -> Vec<Value> {
@@ -28,23 +28,13 @@ fn ten_thousand_pipelined_lines_are_acked_in_order_and_delivered() {
     let d = Daemon::start(FAST);
     let n = 10_000;
     let url = sink.url("/p");
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    let reader = BufReader::new(s.try_clone().unwrap());
-    let collector = std::thread::spawn(move || {
-        reader
-            .lines()
-            .take(n)
-            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-            .collect::<Vec<_>>()
-    });
     let mut buf = String::new();
     for i in 0..n {
         buf.push_str(&format!(
             "{{\"url\":\"{url}?i={i}\",\"id\":\"p-{i:05}\",\"body\":\"{i}\"}}\n"
         ));
     }
-    s.write_all(buf.as_bytes()).unwrap();
-    let answers = collector.join().unwrap();
+    let answers = pipelined(&d.socket, &buf);
     assert_eq!(answers.len(), n);
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a["ok"], true, "{a}");

@@ -642,6 +642,23 @@ pub fn exchange_as(uid: u32, gid: u32, groups: &str, sock: &Path, line: &str) ->
 }
 
 /// True when the tests run as root (needed to run clients as other users).
+/// Writes `lines` (one request a line) on one connection without waiting,
+/// and returns the answers, read meanwhile on another thread.
+pub fn pipelined(socket: &Path, lines: &str) -> Vec<Value> {
+    let n = lines.lines().count();
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let reader = BufReader::new(s.try_clone().unwrap());
+    let collector = std::thread::spawn(move || {
+        reader
+            .lines()
+            .take(n)
+            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    s.write_all(lines.as_bytes()).unwrap();
+    collector.join().unwrap()
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
