@@ -295,6 +295,9 @@ pub fn status_summary(st: &serde_json::Value) -> String {
             format!("{n} attempts")
         }
     };
+    if let Some(words) = batch_summary(st, state, attempts, max) {
+        return words;
+    }
     match state {
         "waiting" if attempts > 0 => {
             let next = match (st["next_attempt_ms"].as_u64(), now_ms()) {
@@ -325,6 +328,48 @@ pub fn status_summary(st: &serde_json::Value) -> String {
         ),
         other => other.to_string(),
     }
+}
+
+/// `status` of an event of a batching destination, where its batch says
+/// more than its state alone.
+fn batch_summary(st: &serde_json::Value, state: &str, attempts: u64, max: u64) -> Option<String> {
+    let b = st.get("batch").filter(|b| b.is_object())?;
+    let id = b["id"].as_str().unwrap_or("?");
+    let n = b["events"].as_u64().unwrap_or(0);
+    let events = if n == 1 {
+        "1 event".to_string()
+    } else {
+        format!("{n} events")
+    };
+    let tries = if attempts == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{attempts} attempts")
+    };
+    let status = st["last_status"]
+        .as_u64()
+        .map(|c| format!("HTTP {c}"))
+        .or_else(|| st["last_error"].as_str().map(String::from))
+        .unwrap_or_default();
+    Some(match (b["state"].as_str()?, state) {
+        ("delivered", "delivered") => {
+            format!("delivered in a batch of {n} (batch id {id}), {status} after {tries}")
+        }
+        ("in_flight", _) => format!(
+            "in flight: in batch {id} ({events}) on attempt {} of {max}",
+            attempts + 1
+        ),
+        ("held", "waiting") => {
+            let next = match (st["next_attempt_ms"].as_u64(), now_ms()) {
+                (Some(at), Some(now)) => format!(" in {}", human_ms(at.saturating_sub(now))),
+                _ => String::new(),
+            };
+            format!("retrying: in batch {id} ({events}) after {status}, sent again{next} (attempt {} of {max})", attempts + 1)
+        }
+        ("held", _) => format!("queued: in batch {id} ({events}), not sent yet"),
+        ("waiting", "queued") => "queued: waiting for a batch".into(),
+        _ => return None,
+    })
 }
 
 /// Unix milliseconds now.

@@ -7,6 +7,7 @@
 //! ops; [`config`], [`shutdown`], [`systemd`] and [`logging`] are the
 //! plumbing. See ARCHITECTURE.md for the map and its invariants.
 
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -78,7 +78,15 @@ pub struct Metrics {
     pub host_attempts: Family<Labels2, Counter>,
     /// `ffd_tail_dropped_total`: events a slow `tail` reader missed.
     pub tail_dropped: Counter,
+    /// `ffd_batches_total{result}`, by [`BATCH_RESULTS`].
+    batches: Vec<Counter>,
+    /// `ffd_batch_events`: events in each batch request sent (retries and
+    /// halves included).
+    pub batch_events: Histogram,
 }
+
+/// The `result` label values of `ffd_batches_total`.
+pub const BATCH_RESULTS: [&str; 4] = ["delivered", "retry", "split", "dead"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -115,6 +123,8 @@ impl Metrics {
             host_breaker: Family::default(),
             host_attempts: Family::default(),
             tail_dropped: Counter::default(),
+            batches: Vec::new(),
+            batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
         };
         m.register(&mut r);
         m.registry = r;
@@ -160,6 +170,21 @@ impl Metrics {
 
     /// Registers the metrics without a fixed label set.
     fn register(&mut self, r: &mut Registry) {
+        let batches = Family::<Label, Counter>::default();
+        r.register(
+            "ffd_batches",
+            "Batch requests answered, by what the answer did (delivered, retry, split, dead)",
+            batches.clone(),
+        );
+        self.batches = BATCH_RESULTS
+            .iter()
+            .map(|v| batches.get_or_create_owned(&[("result", v.to_string())]))
+            .collect();
+        r.register(
+            "ffd_batch_events",
+            "Events in each batch request sent (retries and halves included)",
+            self.batch_events.clone(),
+        );
         r.register(
             "ffd_requests_accepted",
             "Sends acknowledged (stored in the spool, queued)",
@@ -283,6 +308,13 @@ impl Metrics {
     pub fn finished(&self, state: &str) {
         if let Some(i) = FINISHED.iter().position(|s| *s == state) {
             self.finished[i].inc();
+        }
+    }
+
+    /// Counts a batch request's answer: `delivered`, `retry`, `split` or `dead`.
+    pub fn batch(&self, result: &str) {
+        if let Some(i) = BATCH_RESULTS.iter().position(|r| *r == result) {
+            self.batches[i].inc();
         }
     }
 

@@ -82,6 +82,11 @@ pub struct SendRequest {
     pub ttl_ms: Option<u64>,
     /// Do not deliver before this long after acceptance.
     pub delay_ms: Option<u64>,
+    /// The fields the line gave that shape the HTTP request itself
+    /// (`method`, `path`, `headers`, `timeout_ms`, `max_attempts`), by
+    /// name, in that order: a batching destination shapes its requests
+    /// alone and refuses a send that sets any of them.
+    pub shaped: Vec<&'static str>,
 }
 
 /// A control op (`{"op": ...}`).
@@ -393,6 +398,16 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
 }
 
 fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
+    let shaped = [
+        ("method", raw.method.is_some()),
+        ("path", raw.path.is_some()),
+        ("headers", raw.headers.is_some()),
+        ("timeout_ms", raw.timeout_ms.is_some()),
+        ("max_attempts", raw.max_attempts.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, given)| given.then_some(f))
+    .collect();
     for (field, present) in [
         ("limit", raw.limit.is_some()),
         ("all", raw.all.is_some()),
@@ -406,8 +421,11 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
         }
     }
     let target = match (raw.url, raw.dest) {
-        (Some(_), Some(_)) => {
-            return Err(ProtoError::bad_request("give `url` or `dest`, not both"))
+        (Some(_), Some(dest)) => {
+            return Err(ProtoError::bad_request(format!(
+                "give `url` or `dest`, not both: destination {:?} has its own URL",
+                &*dest
+            )))
         }
         (None, None) => {
             return Err(ProtoError::bad_request(
@@ -527,6 +545,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     }
 
     Ok(SendRequest {
+        shaped,
         id,
         method,
         target,

@@ -33,7 +33,7 @@ class LogHandler(logging.Handler):
         *,
         dest: Optional[str] = None,
         path: Optional[str] = None,
-        method: str = "POST",
+        method: Optional[str] = None,
         headers: Optional[Headers] = None,
         timeout_ms: Optional[int] = None,
         max_attempts: Optional[int] = None,

@@ -17,7 +17,7 @@ import time
 import unittest
 
 import support  # noqa: F401  (puts python/ on sys.path)
-from support import Daemon, Sink, wait_until
+from support import FAST, Daemon, Sink, wait_until
 
 import ffd
 import ffd._client
@@ -365,6 +365,27 @@ class LogHandlerTest(WithDaemon):
         log.error("lost?")
         self.assertEqual(len(errors), 1)
         self.assertIsInstance(errors[0], ffd.Unreachable)
+
+    def test_records_to_a_batching_destination_arrive_as_events_of_one_batch(self) -> None:
+        d = Daemon(
+            FAST
+            + f'[destinations.logs]\nurl = "{self.sink.url("/loki")}"\n'
+            + "[destinations.logs.batch]\nmax_events = 3\nmax_wait_ms = 60000\n"
+        )
+        self.addCleanup(d.close)
+        h = ffd.LogHandler(dest="logs", socket=d.socket)
+        log = logging.getLogger("ffd-test-batch")
+        log.propagate = False
+        log.addHandler(h)
+        self.addCleanup(h.close)
+        self.addCleanup(log.removeHandler, h)
+        for i in range(3):
+            log.warning("event %d", i)
+        got = self.sink.wait_for(1, lambda r: r.path == "/loki")
+        self.assertEqual(got[0].header("content-type"), "application/x-ndjson")
+        self.assertEqual(got[0].header("ffd-batch-size"), "3")
+        lines = got[0].body.decode().splitlines()
+        self.assertEqual([json.loads(x)["message"] for x in lines], ["event 0", "event 1", "event 2"])
 
     def test_needs_url_or_dest(self) -> None:
         with self.assertRaises(ValueError):

@@ -44,6 +44,89 @@ pub struct Destination {
     pub client_cert_file: Option<PathBuf>,
     /// PEM private key of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
+    /// `[destinations.NAME.batch]`: sends become events, delivered many to
+    /// a request.
+    pub batch: Option<BatchConfig>,
+    /// Request bodies compressed before they are sent (`content-encoding`).
+    pub compression: Compression,
+    /// The codec's level (gzip 0-9, default 6; zstd 1-22, default 3).
+    pub compression_level: Option<i32>,
+}
+
+/// `compression`: how request bodies to a destination are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Sent as they are.
+    #[default]
+    None,
+    /// `content-encoding: gzip`.
+    Gzip,
+    /// `content-encoding: zstd`.
+    Zstd,
+}
+
+/// `format` of a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchFormat {
+    /// One event per line.
+    #[default]
+    Ndjson,
+    /// The events as one JSON array.
+    JsonArray,
+}
+
+/// `[destinations.NAME.batch]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Events in one batch at most.
+    pub max_events: usize,
+    /// Bytes of one body before compression, prefix and suffix included.
+    pub max_bytes: u64,
+    /// How long the oldest ready event of a partial batch waits.
+    pub max_wait_ms: u64,
+    /// `ndjson` or `json_array`.
+    pub format: BatchFormat,
+    /// Written before the events (an envelope's start).
+    pub prefix: String,
+    /// Written after the events.
+    pub suffix: String,
+    /// Answers that split a batch in halves until the refused events stand alone.
+    pub split_on: Vec<u16>,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 500,
+            max_bytes: 1_048_576,
+            max_wait_ms: 1000,
+            format: BatchFormat::Ndjson,
+            prefix: String::new(),
+            suffix: String::new(),
+            split_on: vec![400, 413, 422],
+        }
+    }
+}
+
+impl BatchConfig {
+    /// What the scheduler and admission use.
+    pub fn spec(&self) -> crate::batch::BatchSpec {
+        crate::batch::BatchSpec {
+            max_events: self.max_events,
+            max_bytes: self.max_bytes,
+            max_wait_ms: self.max_wait_ms,
+            format: match self.format {
+                BatchFormat::Ndjson => crate::batch::Format::Ndjson,
+                BatchFormat::JsonArray => crate::batch::Format::JsonArray,
+            },
+            prefix: bytes::Bytes::copy_from_slice(self.prefix.as_bytes()),
+            suffix: bytes::Bytes::copy_from_slice(self.suffix.as_bytes()),
+            split_on: self.split_on.clone(),
+        }
+    }
 }
 
 /// A secret from the config: deserialised like a string, never shown by

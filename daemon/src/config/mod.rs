@@ -7,7 +7,8 @@
 mod destination;
 
 pub use destination::{
-    credential_path, decode_secret, Destination, SecretString, MIN_SECRET_BYTES,
+    credential_path, decode_secret, BatchConfig, BatchFormat, Compression, Destination,
+    SecretString, MIN_SECRET_BYTES,
 };
 
 use anyhow::{bail, Context, Result};
@@ -547,6 +548,54 @@ impl Config {
         }
         if dest.client_cert_file.is_some() != dest.client_key_file.is_some() {
             bail!("key `{key}.client_cert_file`: `client_cert_file` and `client_key_file` go together");
+        }
+        if let Some(level) = dest.compression_level {
+            let (lo, hi) = match dest.compression {
+                Compression::None => bail!(
+                    "key `{key}.compression_level`: set `compression = \"gzip\"` or `\"zstd\"` for a level to mean something"
+                ),
+                Compression::Gzip => (0, 9),
+                Compression::Zstd => (1, 22),
+            };
+            if !(lo..=hi).contains(&level) {
+                bail!("key `{key}.compression_level`: must be between {lo} and {hi} for this codec, got {level}");
+            }
+        }
+        if let Some(b) = &dest.batch {
+            Self::validate_batch(&format!("{key}.batch"), b)?;
+        }
+        Ok(())
+    }
+
+    /// `[destinations.NAME.batch]`: limits that leave room for an event.
+    fn validate_batch(key: &str, b: &BatchConfig) -> Result<()> {
+        at_least(&format!("{key}.max_events"), b.max_events as u64, 1)?;
+        if b.max_events > 100_000 {
+            bail!(
+                "key `{key}.max_events`: must be at most 100000, got {}",
+                b.max_events
+            );
+        }
+        at_least(&format!("{key}.max_wait_ms"), b.max_wait_ms, 1)?;
+        let spec = b.spec();
+        // The smallest event: one byte and its separator.
+        let least = spec.fixed_bytes() + 2;
+        if b.max_bytes < least {
+            bail!(
+                "key `{key}.max_bytes`: {} leaves no room for an event after `prefix`, `suffix` and separators ({least} bytes at least)",
+                b.max_bytes
+            );
+        }
+        if b.max_bytes > 1 << 30 {
+            bail!(
+                "key `{key}.max_bytes`: must be at most 1 GiB, got {}",
+                b.max_bytes
+            );
+        }
+        for (i, s) in b.split_on.iter().enumerate() {
+            if !(400..=599).contains(s) {
+                bail!("key `{key}.split_on[{i}]`: must be a status from 400 to 599, got {s}");
+            }
         }
         Ok(())
     }

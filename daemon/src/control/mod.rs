@@ -109,5 +109,6 @@ fn entry_json(v: &EntryView) -> Value {
         "response": v.response,
         "host_paused_until_ms": v.host_paused_until_ms,
         "last_attempts": v.last_attempts,
+        "batch": v.batch,
     })
 }

@@ -15,7 +15,7 @@ pub fn run(engine: &Engine) -> Answer {
         .hosts
         .iter()
         .map(|h| {
-            json!({
+            let mut v = json!({
                 "host": h.host,
                 "pending": h.pending,
                 "in_flight": h.in_flight,
@@ -30,7 +30,12 @@ pub fn run(engine: &Engine) -> Answer {
                 "oldest_ready_ms": h.oldest_ready_ms,
                 "success_rate": h.success_rate,
                 "p95_attempt_ms": h.p95_attempt_ms,
-            })
+            });
+            if let Some((waiting, in_flight)) = h.batches {
+                v["events_waiting"] = waiting.into();
+                v["batches_in_flight"] = in_flight.into();
+            }
+            v
         })
         .collect();
     let spool = match &s.spool {

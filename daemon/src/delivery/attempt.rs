@@ -34,6 +34,8 @@ pub struct Attempt {
     pub snippet: Option<String>,
     /// When the attempt began (Unix ms).
     pub started_ms: u64,
+    /// Bytes of the body sent (after compression).
+    pub sent_bytes: u64,
 }
 
 impl Deliverer {
@@ -52,6 +54,22 @@ impl Deliverer {
                 return a;
             }
         };
+        let sent_bytes = hyper::body::Body::size_hint(req.body())
+            .exact()
+            .unwrap_or(0);
+        let mut a = self.exchange(job, own, req, started_ms).await;
+        a.sent_bytes = sent_bytes;
+        a
+    }
+
+    /// The exchange of one built request, bounded as [`Deliverer::attempt`] says.
+    async fn exchange(
+        &self,
+        job: &Job,
+        own: Option<super::HttpClient>,
+        req: http::Request<http_body_util::Full<bytes::Bytes>>,
+        started_ms: u64,
+    ) -> Attempt {
         let client = own.as_ref().unwrap_or(&self.client);
         let timeout = Duration::from_millis(job.timeout_ms);
         let resp = match tokio::time::timeout(timeout, client.request(req)).await {
@@ -109,6 +127,7 @@ impl Deliverer {
             error,
             snippet: (!kept.is_empty()).then(|| lossy(kept)),
             started_ms,
+            sent_bytes: 0,
         }
     }
 
@@ -180,6 +199,7 @@ impl Attempt {
             error: Some(error),
             snippet: None,
             started_ms,
+            sent_bytes: 0,
         }
     }
 

@@ -9,6 +9,7 @@
 //! named destination (secrets, TLS client) is reloaded on SIGHUP.
 
 mod attempt;
+pub mod compress;
 pub mod connect;
 mod request;
 pub mod retry;
@@ -42,6 +43,8 @@ struct Dest {
     keys: sign::Keys,
     /// Its own client when it sets `ca_file` or a client certificate.
     client: Option<HttpClient>,
+    /// `compression`, when it is not `none`.
+    codec: Option<compress::Codec>,
 }
 
 /// The shared HTTP client and the fixed parts of every request.
@@ -118,7 +121,15 @@ impl Deliverer {
             } else {
                 None
             };
-            dests.insert(name.clone(), Dest { keys, client });
+            let codec = compress::Codec::of(d.compression, d.compression_level);
+            dests.insert(
+                name.clone(),
+                Dest {
+                    keys,
+                    client,
+                    codec,
+                },
+            );
         }
         *self.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dests);
         Ok(())

@@ -5,6 +5,7 @@ use super::{Deliverer, HttpClient};
 use crate::clock::now_ms;
 use crate::job::Job;
 use bytes::Bytes;
+use http::header::CONTENT_ENCODING;
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 
@@ -26,7 +27,30 @@ impl Deliverer {
         &self,
         job: &Job,
     ) -> Result<(Option<HttpClient>, Request<Full<Bytes>>), String> {
-        let mut req = Request::new(Full::new(job.body.clone()));
+        let dests = job
+            .dest
+            .as_ref()
+            .map(|_| self.dests.read().unwrap_or_else(|e| e.into_inner()).clone());
+        let dest = match (&job.dest, &dests) {
+            (Some(name), Some(d)) => Some(d.get(&**name).ok_or_else(|| {
+                format!("destination {name:?} is no longer in the config; restore it and replay")
+            })?),
+            _ => None,
+        };
+        // Compressed once per attempt, and signed as sent. A caller that
+        // set its own `content-encoding` sent bytes already encoded.
+        let codec = dest
+            .and_then(|d| d.codec)
+            .filter(|_| !job.body.is_empty())
+            .filter(|_| !job.headers.iter().any(|(n, _)| n == CONTENT_ENCODING));
+        let body = match codec {
+            Some(c) => Bytes::from(
+                c.compress(&job.body)
+                    .map_err(|e| format!("compressing the body: {e}"))?,
+            ),
+            None => job.body.clone(),
+        };
+        let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = job.method.clone();
         *req.uri_mut() = job.uri.clone();
         let headers = req.headers_mut();
@@ -43,14 +67,11 @@ impl Deliverer {
         if !headers.contains_key(http::header::USER_AGENT) {
             headers.insert(http::header::USER_AGENT, self.user_agent.clone());
         }
+        if let Some(c) = codec {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(c.encoding()));
+        }
         let mut client = None;
-        if let Some(name) = &job.dest {
-            let dests = self.dests.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let Some(dest) = dests.get(&**name) else {
-                return Err(format!(
-                    "destination {name:?} is no longer in the config; restore it and replay"
-                ));
-            };
+        if let Some(dest) = dest {
             if !dest.keys.is_empty() {
                 // The id as ffd reports it, the same on every attempt; the
                 // timestamp of this attempt; the exact body bytes sent.
@@ -58,10 +79,7 @@ impl Deliverer {
                 let id = HeaderValue::from_str(&job.id).map_err(|_| "id is not a header value")?;
                 headers.insert(WEBHOOK_ID, id);
                 headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
-                headers.insert(
-                    WEBHOOK_SIGNATURE,
-                    dest.keys.signature(&job.id, ts, &job.body),
-                );
+                headers.insert(WEBHOOK_SIGNATURE, dest.keys.signature(&job.id, ts, &body));
             }
             client = dest.client.clone();
         }

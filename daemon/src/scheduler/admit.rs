@@ -84,6 +84,8 @@ impl Engine {
     ) -> Result<Job, ProtoError> {
         let mut headers: Vec<(HeaderName, HeaderValue)>;
         let mut dest = None;
+        let mut body = req.body;
+        let mut batched = false;
         let (mut timeout_ms, mut max_attempts, mut ttl_ms) =
             (dcfg.timeout_ms, dcfg.max_attempts, dcfg.ttl_ms);
         let uri: Uri = match req.target {
@@ -109,13 +111,33 @@ impl Engine {
                         format!("no destination named {name:?} in the config"),
                     )
                 })?;
-                headers = Vec::with_capacity(req.headers.len() + d.headers.len());
-                for (k, v) in &d.headers {
-                    if !req.headers.iter().any(|(n, _)| n == k) {
-                        headers.push((k.clone(), v.clone()));
+                if let Some(spec) = &d.batch {
+                    // An event: the destination shapes the request alone.
+                    if let Some(field) = req.shaped.first() {
+                        return Err(ProtoError::new(
+                            ErrorCode::BadRequest,
+                            format!("destination {name:?} batches its events: its method, path, headers, timeout and attempts come from the config, so a send to it may not set `{field}`"),
+                        ));
                     }
+                    body = spec.event(std::mem::take(&mut body)).map_err(|why| {
+                        ProtoError::new(
+                            ErrorCode::BadRequest,
+                            format!("destination {name:?} batches its events: {why}"),
+                        )
+                    })?;
+                    batched = true;
                 }
-                headers.extend(req.headers);
+                headers = Vec::with_capacity(req.headers.len() + d.headers.len());
+                // A batch takes the destination's headers when it is sent:
+                // its events carry none (nor the `json` content-type).
+                if !batched {
+                    for (k, v) in &d.headers {
+                        if !req.headers.iter().any(|(n, _)| n == k) {
+                            headers.push((k.clone(), v.clone()));
+                        }
+                    }
+                    headers.extend(req.headers);
+                }
                 timeout_ms = d.timeout_ms.unwrap_or(timeout_ms);
                 max_attempts = d.max_attempts.unwrap_or(max_attempts);
                 ttl_ms = d.ttl_ms.unwrap_or(ttl_ms);
@@ -135,7 +157,11 @@ impl Engine {
                 denied.to_string(),
             ));
         }
-        let method = req.method;
+        let method = if batched {
+            http::Method::POST
+        } else {
+            req.method
+        };
         let id: Arc<str> = match req.id {
             Some(id) => id.into(),
             None => crate::id::new_id(now),
@@ -156,7 +182,7 @@ impl Engine {
             uri,
             dest,
             headers,
-            body: Bytes::from(req.body),
+            body: Bytes::from(body),
             timeout_ms: req.timeout_ms.unwrap_or(timeout_ms),
             max_attempts: req.max_attempts.unwrap_or(max_attempts),
             accepted_ms: now,
@@ -411,6 +437,7 @@ fn new_entry(job: &Arc<Job>, host: u32, bytes: u64) -> Entry {
         accepted_ms: job.accepted_ms,
         finished_ms: 0,
         bytes,
+        size: job.body.len().min(u32::MAX as usize) as u32,
         last_status: None,
         last_error: None,
         snippet: None,

@@ -46,20 +46,64 @@ pub struct EntryView {
     pub host_paused_until_ms: Option<u64>,
     /// Its last attempts, oldest first (for recent requests).
     pub last_attempts: Vec<super::AttemptRecord>,
+    /// An event of a batching destination: where it stands in its batch.
+    pub batch: Option<BatchView>,
+}
+
+/// Where an event stands in a batch (`status`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchView {
+    /// `waiting` (for a batch to form), `held` (in a batch not sent yet,
+    /// or waiting to be sent again), `in_flight`, `delivered`.
+    pub state: &'static str,
+    /// The batch's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Events in the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<usize>,
+    /// The batch's send under way, or the next one (1 for the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send: Option<u32>,
 }
 
 fn view(key: &str, e: &Entry, st: &State) -> EntryView {
     let owned = e.owner != NO_OWNER;
     // A delivered request keeps `METHOD url` in `last_error` (see there).
     let delivered = e.phase == Phase::Delivered;
-    let (method, url) = match e
-        .last_error
-        .as_deref()
-        .filter(|_| delivered)
-        .and_then(|r| r.split_once(' '))
-    {
+    let text = e.last_error.as_deref().filter(|_| delivered);
+    let (text, in_batch) = match text.map(super::batch::parse_delivered) {
+        Some((t, b)) => (Some(t), b),
+        None => (None, None),
+    };
+    let (method, url) = match text.and_then(|r| r.split_once(' ')) {
         Some((m, u)) => (Some(m.to_string()), Some(u.to_string())),
         None => (None, None),
+    };
+    let batching = st
+        .hosts
+        .get(e.host as usize)
+        .is_some_and(|h| h.limits.batch.is_some());
+    let batch = match (in_batch, st.batch_info(key)) {
+        (Some((id, n)), _) => Some(BatchView {
+            state: "delivered",
+            id: Some(id.to_string()),
+            events: Some(n),
+            send: None,
+        }),
+        (None, Some(b)) => Some(BatchView {
+            state: if b.in_flight { "in_flight" } else { "held" },
+            id: Some(b.id.to_string()),
+            events: Some(b.events),
+            send: Some(b.send),
+        }),
+        (None, None) if batching && e.phase.is_pending() => Some(BatchView {
+            state: "waiting",
+            id: None,
+            events: None,
+            send: None,
+        }),
+        _ => None,
     };
     EntryView {
         id: client_id(key, owned).to_string(),
@@ -82,6 +126,7 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
             .map(Into::into),
         response: e.snippet.as_deref().map(Into::into),
         last_attempts: st.history.of(key),
+        batch,
         host_paused_until_ms: {
             let b = st.hosts.get(e.host as usize).map(|h| &h.breaker);
             b.filter(|b| e.phase.is_pending() && b.paused(now_ms()))
@@ -155,6 +200,10 @@ impl Engine {
         if !viewer.admin && (owner.is_none() || owner != viewer.uid) {
             return None;
         }
+        let batching = r.dest.as_deref().is_some_and(|d| {
+            let dests = self.destinations.read().unwrap_or_else(|e| e.into_inner());
+            dests.get(d).is_some_and(|d| d.batch.is_some())
+        });
         let mut v = EntryView {
             id: super::page::shown_id(&r),
             owner,
@@ -173,6 +222,12 @@ impl Engine {
             response: None,
             host_paused_until_ms: None,
             last_attempts: Vec::new(),
+            batch: batching.then_some(BatchView {
+                state: "waiting",
+                id: None,
+                events: None,
+                send: None,
+            }),
         };
         self.add_request(&JobRef::Disk(r.loc), &mut v);
         Some(v)

@@ -16,8 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
-/// A job handed to a delivery task: its id, where the request is, its host.
-pub(super) type Start = (Arc<str>, JobRef, u32);
+/// Work handed to a delivery task.
+pub(super) enum Start {
+    /// One request: its id, where the request is, its host.
+    One(Arc<str>, JobRef, u32),
+    /// A batch of events (see [`super::batch`]).
+    Batch(Box<super::batch::BatchStart>),
+}
 
 /// Why a job could not be loaded for its attempt.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +73,14 @@ impl Engine {
     /// for it.
     async fn deliver(self: Arc<Self>, start: Start, _shutdown: Shutdown) {
         let mut next = Some(start);
-        while let Some((id, job, host)) = next.take() {
+        while let Some(start) = next.take() {
+            let (id, job, host) = match start {
+                Start::One(id, job, host) => (id, job, host),
+                Start::Batch(b) => {
+                    next = self.deliver_batch(b).await;
+                    continue;
+                }
+            };
             next = match self.load(&job) {
                 Ok(job) if *job.key == *id => {
                     let started = std::time::Instant::now();
@@ -214,12 +226,25 @@ impl State {
             if self.in_flight >= cfg.max_in_flight {
                 return None;
             }
+            if !self.holding.is_empty() {
+                if let Some(start) = self.take_held(now, cfg, spool) {
+                    return Some(start);
+                }
+            }
             let hosts = &mut self.hosts;
+            let entries = &self.entries;
             let mut rate_waits = Vec::new();
-            let next = self.lanes.next(|h| {
+            let mut batch_waits = Vec::new();
+            let next = self.lanes.next(|h, queued| {
                 let host = &mut hosts[h as usize];
                 if !host.may_start(now, cfg) {
                     return false;
+                }
+                if let Some(spec) = &host.limits.batch {
+                    if let Err(at) = host.batch.ready(spec, queued, entries, now) {
+                        batch_waits.push((h, at));
+                        return false;
+                    }
                 }
                 match host.bucket.as_mut().and_then(|b| b.ready_at(now)) {
                     Some(at) => {
@@ -230,7 +255,14 @@ impl State {
                 }
             });
             self.arm_rate_timers(rate_waits, now);
-            let (hi, id) = next?;
+            self.arm_batch_timers(batch_waits, now);
+            let (hi, id, retry) = next?;
+            if let Some(spec) = self.hosts[hi as usize].limits.batch.clone() {
+                match self.form_batch(hi, (id, retry), spec, now, cfg, spool) {
+                    Some(start) => return Some(start),
+                    None => continue,
+                }
+            }
             // A stale id (finished, or queued again elsewhere) is skipped.
             let Some(e) = self.entries.get_mut(&id) else {
                 continue;
@@ -257,13 +289,13 @@ impl State {
             }
             self.hosts[hi as usize].in_flight += 1;
             self.in_flight += 1;
-            return Some((id, job, hi));
+            return Some(Start::One(id, job, hi));
         }
     }
 
     /// Sets a timer for each rate-limited host's next token, unless one is
     /// already set for that time or earlier; its requests stay queued.
-    fn arm_rate_timers(&mut self, waits: Vec<(u32, u64)>, now: u64) {
+    pub(super) fn arm_rate_timers(&mut self, waits: Vec<(u32, u64)>, now: u64) {
         for (h, at) in waits {
             let host = &mut self.hosts[h as usize];
             if host.rate_wake_ms > now && host.rate_wake_ms <= at {

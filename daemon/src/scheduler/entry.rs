@@ -92,6 +92,9 @@ pub(crate) struct Entry {
     pub(crate) finished_ms: u64,
     /// Bytes reserved against `spool.max_bytes`.
     pub(crate) bytes: u64,
+    /// Bytes of its body, or at most that (a restored request counts its
+    /// whole record): what an event weighs against a batch's `max_bytes`.
+    pub(crate) size: u32,
     pub(crate) last_status: Option<u16>,
     /// The last attempt's error. A delivered request has none, so its
     /// `METHOD url` (query left out) is kept here instead: its body and

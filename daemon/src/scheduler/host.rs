@@ -2,8 +2,10 @@
 //! scheduler sees it: its breaker, limits, counts and recent attempts, and
 //! how lanes are found or made.
 
+use super::batch::BatchLane;
 use super::page::ColdList;
 use super::{rate, Breaker, State};
+use crate::batch::BatchSpec;
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::delivery::retry::Backoff;
@@ -52,6 +54,8 @@ pub(super) struct Host {
     /// `METHOD url` of its last delivered request, shared by the next ones
     /// to the same URL (see `Entry::last_error`).
     pub(super) delivered_text: Option<Arc<str>>,
+    /// Its batches, when its destination batches ([`DestLimits::batch`]).
+    pub(super) batch: BatchLane,
 }
 
 /// How long a host of raw URLs stays after its last work.
@@ -82,6 +86,7 @@ impl Host {
             created_ms: 0,
             attempt_counters: Vec::new(),
             delivered_text: None,
+            batch: BatchLane::default(),
         }
     }
 }
@@ -145,11 +150,13 @@ impl Host {
 }
 
 /// What a destination sets for its lane.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct DestLimits {
     pub(super) max_in_flight: Option<usize>,
     pub(super) rate_per_s: Option<f64>,
     pub(super) backoff: Option<Backoff>,
+    /// Its sends are events, sent in batches.
+    pub(super) batch: Option<Arc<BatchSpec>>,
 }
 
 /// Hosts with a label of their own in the metrics, beside destinations'.
@@ -205,7 +212,7 @@ impl State {
             ..Host::vacant()
         };
         if let Some(l) = dest.and_then(|d| self.dest_limits.get(d)) {
-            host.set_limits(*l, now);
+            host.set_limits(l.clone(), now);
         }
         let i = match self.free_hosts.pop() {
             Some(i) => {
@@ -286,7 +293,8 @@ impl State {
         e.last_error
             .as_deref()
             .and_then(|r| r.split_once(' '))
-            .and_then(|(_, url)| url.parse::<Uri>().ok())
+            // A batch's text goes on after the URL (see `super::batch`).
+            .and_then(|(_, url)| url.split(' ').next()?.parse::<Uri>().ok())
             .map(|u| crate::job::host_key(&u))
             .unwrap_or_default()
     }

@@ -18,6 +18,19 @@ struct Lane {
     retry_turn: bool,
     /// In the rotation.
     active: bool,
+    /// Ids taken off its fronts so far: a count of what was looked at
+    /// from the front is good while this stays the same.
+    pops: u64,
+}
+
+/// What one host has queued, as `Lanes::next` shows it to its caller.
+pub struct Queued<'a> {
+    /// First attempts, oldest first.
+    pub fresh: &'a VecDeque<Arc<str>>,
+    /// Retries, oldest first.
+    pub retry: &'a VecDeque<Arc<str>>,
+    /// See `Lane::pops`.
+    pub pops: u64,
 }
 
 impl Lane {
@@ -26,13 +39,23 @@ impl Lane {
     }
 
     /// Fresh and retry take turns; either alone is served as it comes.
-    fn pop(&mut self) -> Option<Arc<str>> {
+    fn pop(&mut self) -> Option<(Arc<str>, bool)> {
         let take_retry = (self.retry_turn && !self.retry.is_empty()) || self.fresh.is_empty();
         self.retry_turn = !take_retry;
-        if take_retry {
+        let id = if take_retry {
             self.retry.pop_front()
         } else {
             self.fresh.pop_front()
+        };
+        self.pops += u64::from(id.is_some());
+        Some((id?, take_retry))
+    }
+
+    fn queued(&self) -> Queued<'_> {
+        Queued {
+            fresh: &self.fresh,
+            retry: &self.retry,
+            pops: self.pops,
         }
     }
 }
@@ -85,6 +108,30 @@ impl Lanes {
         }
     }
 
+    /// Takes the next id of `host`'s lane (fresh and retry in turn, as
+    /// [`Lanes::next`] does), and whether it was a retry; for filling a
+    /// batch once `next` chose the host. The rotation is left alone: an
+    /// emptied lane leaves it when `next` meets it.
+    pub fn pop(&mut self, host: u32) -> Option<(Arc<str>, bool)> {
+        self.lanes[host as usize].pop()
+    }
+
+    /// Puts back an id just taken, at the front of its queue.
+    pub fn push_front(&mut self, host: u32, id: Arc<str>, retry: bool) {
+        let lane = &mut self.lanes[host as usize];
+        if retry {
+            lane.retry.push_front(id);
+        } else {
+            lane.fresh.push_front(id);
+        }
+        // The turn goes back to the queue it came from.
+        lane.retry_turn = retry;
+        if !lane.active {
+            lane.active = true;
+            self.active.push_back(host);
+        }
+    }
+
     /// The first id of each queue of each host with queued work: the ones
     /// that have waited longest in their queue.
     pub fn fronts(&self) -> impl Iterator<Item = &Arc<str>> {
@@ -107,16 +154,22 @@ impl Lanes {
             let lane = &mut self.lanes[*h as usize];
             while lane.fresh.front().is_some_and(|id| !live(id)) {
                 lane.fresh.pop_front();
+                lane.pops += 1;
             }
             while lane.retry.front().is_some_and(|id| !live(id)) {
                 lane.retry.pop_front();
+                lane.pops += 1;
             }
         }
     }
 
     /// The next id to start, round-robin over the hosts with queued work
-    /// for which `may_start` holds; `None` when none may start now.
-    pub fn next(&mut self, mut may_start: impl FnMut(u32) -> bool) -> Option<(u32, Arc<str>)> {
+    /// for which `may_start` holds (shown what the host has queued), and
+    /// whether it was a retry; `None` when none may start now.
+    pub fn next(
+        &mut self,
+        mut may_start: impl FnMut(u32, Queued<'_>) -> bool,
+    ) -> Option<(u32, Arc<str>, bool)> {
         for _ in 0..self.active.len() {
             let host = self.active.pop_front()?;
             let lane = &mut self.lanes[host as usize];
@@ -124,7 +177,7 @@ impl Lanes {
                 lane.active = false;
                 continue;
             }
-            if !may_start(host) {
+            if !may_start(host, lane.queued()) {
                 self.active.push_back(host);
                 continue;
             }
@@ -135,8 +188,8 @@ impl Lanes {
             } else {
                 self.active.push_back(host);
             }
-            if let Some(id) = id {
-                return Some((host, id));
+            if let Some((id, retry)) = id {
+                return Some((host, id, retry));
             }
         }
         None
@@ -149,7 +202,7 @@ mod tests {
 
     fn ids(lanes: &mut Lanes, n: usize, may: impl Fn(u32) -> bool) -> Vec<String> {
         (0..n)
-            .filter_map(|_| lanes.next(&may).map(|(_, id)| id.to_string()))
+            .filter_map(|_| lanes.next(|h, _| may(h)).map(|(_, id, _)| id.to_string()))
             .collect()
     }
 
@@ -188,9 +241,9 @@ mod tests {
             l.push(live, format!("l{i}").into(), false);
         }
         assert_eq!(ids(&mut l, 3, |h| h == live), ["l0", "l1", "l2"]);
-        assert_eq!(l.next(|h| h == live), None);
+        assert_eq!(l.next(|h, _| h == live), None);
         // Once it may start again, its work is still queued, in order.
         assert_eq!(ids(&mut l, 4, |_| true), ["d0", "d1", "d2"]);
-        assert_eq!(l.next(|_| true), None);
+        assert_eq!(l.next(|_, _| true), None);
     }
 }

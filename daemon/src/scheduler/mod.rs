@@ -20,6 +20,7 @@
 //! mutex nests inside this one, never the other way).
 
 mod admit;
+mod batch;
 mod breaker;
 mod compact;
 mod dead;
@@ -37,6 +38,7 @@ mod restore;
 mod tail;
 
 pub use admit::{Accepted, Admitted};
+pub use batch::{BatchInfo, BATCH_SIZE_HEADER};
 pub use breaker::{Breaker, BreakerConfig, Trip};
 pub use dead::{EntryView, Viewer};
 pub use entry::Phase;
@@ -46,6 +48,7 @@ pub use lanes::Lanes;
 pub use restore::RestoreResult;
 pub use tail::{Event, Subscription, TAIL_BUFFER};
 
+use crate::batch::BatchSpec;
 use crate::clock::now_ms;
 use crate::config::{Config, DeliveryConfig, WhenFull};
 use crate::delivery::retry::Backoff;
@@ -128,6 +131,13 @@ struct State {
     dest_limits: HashMap<String, DestLimits>,
     /// A rate timer was set that the dispatcher may not know of yet.
     rate_kick: bool,
+    /// Events in a batch (in flight, or held to go again), by key.
+    batch_of: HashMap<Arc<str>, Arc<BatchInfo>, foldhash::fast::RandomState>,
+    /// Events in flight beyond one per request (a batch of n is one
+    /// request in `in_flight` and n - 1 here).
+    batch_extra: usize,
+    /// Lanes with held batches ([`batch`]).
+    holding: Vec<u32>,
 }
 
 /// The scheduler and its handles: shared by connections (accept, ops), the
@@ -165,6 +175,8 @@ struct DestSpec {
     timeout_ms: Option<u64>,
     max_attempts: Option<u32>,
     ttl_ms: Option<u64>,
+    /// Its batch settings: sends to it are events.
+    batch: Option<Arc<BatchSpec>>,
 }
 
 type Destinations = HashMap<String, DestSpec>;
@@ -190,6 +202,7 @@ fn destinations(cfg: &Config) -> Destinations {
                 timeout_ms: d.timeout_ms,
                 max_attempts: d.max_attempts,
                 ttl_ms: d.ttl_ms,
+                batch: d.batch.as_ref().map(|b| Arc::new(b.spec())),
             };
             Some((name.clone(), spec))
         })
@@ -213,6 +226,7 @@ fn dest_limits(cfg: &Config) -> HashMap<String, DestLimits> {
                 max_in_flight: d.max_in_flight,
                 rate_per_s: d.rate_per_s,
                 backoff,
+                batch: d.batch.as_ref().map(|b| Arc::new(b.spec())),
             };
             (name.clone(), limits)
         })
@@ -289,6 +303,9 @@ pub struct HostView {
     pub success_rate: Option<f64>,
     /// 95th percentile of its last 100 attempts' durations.
     pub p95_attempt_ms: Option<u64>,
+    /// A batching destination: events waiting to be sent (for a batch to
+    /// form, or in one held to go again), and batches in flight.
+    pub batches: Option<(usize, usize)>,
 }
 
 impl Engine {
@@ -333,6 +350,9 @@ impl Engine {
                 history: history::History::default(),
                 dest_limits: dest_limits(cfg),
                 rate_kick: false,
+                batch_of: HashMap::default(),
+                batch_extra: 0,
+                holding: Vec::new(),
             }),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -398,7 +418,7 @@ impl Engine {
                 let mut st = self.lock();
                 for h in st.hosts.iter_mut() {
                     if let Some(d) = &h.dest {
-                        h.set_limits(limits.get(&**d).copied().unwrap_or_default(), now);
+                        h.set_limits(limits.get(&**d).cloned().unwrap_or_default(), now);
                     }
                 }
                 st.dest_limits = limits;
@@ -418,8 +438,8 @@ impl Engine {
         let st = self.lock();
         format!(
             "{} queued, {} in flight, {} delivered, {} dead letters",
-            st.pending - st.in_flight,
-            st.in_flight,
+            st.queued(),
+            st.in_flight + st.batch_extra,
             self.metrics.finished_count("delivered"),
             st.dead.len()
         )
@@ -490,6 +510,11 @@ impl Engine {
                         .max(),
                     success_rate,
                     p95_attempt_ms,
+                    batches: h
+                        .limits
+                        .batch
+                        .as_ref()
+                        .map(|_| (h.pending - h.batch.events_in_flight, h.in_flight)),
                 }
             })
             .collect();
@@ -505,9 +530,9 @@ impl Engine {
             retried: m.retries.get(),
             dead: m.finished_count("dead"),
             expired: m.finished_count("expired"),
-            queued: st.pending - st.in_flight,
+            queued: st.queued(),
             paged_out: st.cold.len(),
-            in_flight: st.in_flight,
+            in_flight: st.in_flight + st.batch_extra,
             dead_letters: st.dead.len(),
             oldest_pending_age_ms: oldest.map(|t| now.saturating_sub(t)),
             spool: self.spool.as_ref().map(|s| s.stats()),
@@ -521,6 +546,11 @@ impl Engine {
 }
 
 impl State {
+    /// Pending requests not in flight.
+    fn queued(&self) -> usize {
+        self.pending - self.in_flight - self.batch_extra
+    }
+
     /// Acceptance time of the oldest pending request.
     fn oldest_pending(&mut self) -> Option<u64> {
         let entries = &self.entries;

@@ -4,7 +4,7 @@
 
 use super::dispatch::Start;
 use super::entry::{JobRef, Phase};
-use super::{BreakerConfig, Engine, State, Timer};
+use super::{Engine, State, Timer};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::delivery::retry::{Backoff, Verdict};
@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 
-fn backoff(d: &DeliveryConfig) -> Backoff {
+pub(super) fn backoff(d: &DeliveryConfig) -> Backoff {
     Backoff {
         base_ms: d.backoff_base_ms,
         multiplier: d.backoff_multiplier,
@@ -145,7 +145,6 @@ impl State {
             accepted_ms,
         };
         let mut kick = false;
-        let h = &mut self.hosts[host as usize];
         let end = match a.verdict {
             Verdict::Success | Verdict::Final => {
                 let (end, k) = self.answered(host, job, a, attempts, err, now, dcfg);
@@ -153,35 +152,8 @@ impl State {
                 Some(end)
             }
             Verdict::Retry => {
-                let started_failing = h.breaker.failures() == 0 && !h.breaker.paused(now);
-                if started_failing {
-                    // Once per failing streak: the per-request retries are at debug.
-                    info!(host = %h.key, error = a.error.as_deref(), status = a.status, "host started failing; requests to it will be retried");
-                }
-                h.last_failure_ms = now;
-                h.last_error = err;
-                let cfg = BreakerConfig {
-                    threshold: dcfg.breaker_threshold,
-                    cooldown_ms: dcfg.breaker_cooldown_ms,
-                    cooldown_max_ms: dcfg.breaker_cooldown_max_ms,
-                };
-                let trip = h.breaker.failed(now, a.started_ms, cfg);
-                if started_failing {
-                    self.emit_host("host_failing", host, |ev| {
-                        ev.status = a.status;
-                        ev.error = a.error.clone();
-                    });
-                }
-                if let Some(trip) = trip {
-                    let key = &self.hosts[host as usize].key;
-                    warn!(host = %key, failures = trip.failures, pause_ms = trip.cooldown_ms, "host keeps failing; pausing deliveries to it");
-                    self.timers.push(Reverse((trip.until, Timer::Host)));
-                    kick = true;
-                    self.emit_host("host_paused", host, |ev| {
-                        ev.error = a.error.clone();
-                        ev.wait_ms = Some(trip.cooldown_ms);
-                    });
-                }
+                self.hosts[host as usize].last_error = err;
+                kick |= self.host_failed(host, a, now, dcfg);
                 match self.retry_or_end(id, job, a, attempts, now, dcfg) {
                     Err(end) => Some(end),
                     Ok((at, scheduled)) => {
@@ -332,6 +304,27 @@ impl State {
         dcfg: &DeliveryConfig,
     ) -> (Phase, bool) {
         let url = tracing::field::display(crate::job::Redacted(&job.uri));
+        let kick = self.host_answered(host, a, now, dcfg);
+        let h = &mut self.hosts[host as usize];
+        if a.verdict == Verdict::Success {
+            debug!(id = %job.id, url, status = a.status, attempts, "delivered");
+            return (Phase::Delivered, kick);
+        }
+        h.last_error = err;
+        warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
+        (Phase::Dead, kick)
+    }
+
+    /// The host answered (2xx, or a final status): it is alive, whatever
+    /// it thought of the request, and its breaker closes. Returns whether
+    /// its limit went up.
+    pub(super) fn host_answered(
+        &mut self,
+        host: u32,
+        a: &Attempt,
+        now: u64,
+        dcfg: &DeliveryConfig,
+    ) -> bool {
         if self.hosts[host as usize].breaker.failures() > 0 {
             info!(host = %self.hosts[host as usize].key, "host recovered: it answers again");
             self.emit_host("host_recovered", host, |ev| ev.status = a.status);
@@ -340,14 +333,55 @@ impl State {
         let kick = h.breaker.answered(now, dcfg.breaker_threshold);
         if a.verdict == Verdict::Success {
             h.last_success_ms = now;
-            debug!(id = %job.id, url, status = a.status, attempts, "delivered");
-            return (Phase::Delivered, kick);
+        } else {
+            h.last_failure_ms = now;
+            if let Some(e) = &a.error {
+                h.last_error = Some(e.as_str().into());
+            }
         }
-        // Alive, whatever it thought of the request.
+        kick
+    }
+
+    /// An attempt to the host failed in a way worth retrying: its breaker
+    /// counts it and may pause the host. Returns whether a timer was set
+    /// that the dispatcher must know of.
+    pub(super) fn host_failed(
+        &mut self,
+        host: u32,
+        a: &Attempt,
+        now: u64,
+        dcfg: &DeliveryConfig,
+    ) -> bool {
+        let h = &mut self.hosts[host as usize];
+        let started_failing = h.breaker.failures() == 0 && !h.breaker.paused(now);
+        if started_failing {
+            // Once per failing streak: the per-request retries are at debug.
+            info!(host = %h.key, error = a.error.as_deref(), status = a.status, "host started failing; requests to it will be retried");
+        }
         h.last_failure_ms = now;
-        h.last_error = err;
-        warn!(id = %job.id, url, status = a.status, attempts, "delivery failed for good (final status); kept as dead letter");
-        (Phase::Dead, kick)
+        if h.last_error.as_deref() != a.error.as_deref() {
+            h.last_error = a.error.as_deref().map(Into::into);
+        }
+        let trip = h
+            .breaker
+            .failed(now, a.started_ms, super::batch::breaker_config(dcfg));
+        if started_failing {
+            self.emit_host("host_failing", host, |ev| {
+                ev.status = a.status;
+                ev.error = a.error.clone();
+            });
+        }
+        let Some(trip) = trip else {
+            return false;
+        };
+        let key = &self.hosts[host as usize].key;
+        warn!(host = %key, failures = trip.failures, pause_ms = trip.cooldown_ms, "host keeps failing; pausing deliveries to it");
+        self.timers.push(Reverse((trip.until, Timer::Host)));
+        self.emit_host("host_paused", host, |ev| {
+            ev.error = a.error.clone();
+            ev.wait_ms = Some(trip.cooldown_ms);
+        });
+        true
     }
 
     /// After a failed attempt that may be retried: the end state when the

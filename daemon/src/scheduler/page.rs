@@ -338,6 +338,7 @@ impl State {
                 accepted_ms: r.accepted_ms,
                 finished_ms: 0,
                 bytes,
+                size: r.loc.len,
                 last_status: r.state.status,
                 last_error: r.state.error,
                 snippet: r.state.snippet.map(Into::into),

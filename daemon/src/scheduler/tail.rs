@@ -20,7 +20,8 @@ pub const TAIL_BUFFER: usize = 4096;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
     /// `accepted`, `attempt`, `retry`, `delivered`, `dead`, `expired`, or
-    /// about a host: `host_failing`, `host_paused`, `host_recovered`.
+    /// about a host: `host_failing`, `host_paused`, `host_recovered`, and
+    /// `batch` (one request of a batching destination sent and answered).
     pub event: &'static str,
     /// When (Unix ms).
     pub at_ms: u64,
@@ -46,6 +47,21 @@ pub struct Event {
     /// How long until the next attempt (`retry`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
+    /// `batch`: the batch's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// `batch`: events in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<usize>,
+    /// `batch`: bytes of its body before compression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// `batch`: bytes of its body as sent (after compression).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_bytes: Option<u64>,
+    /// `batch`: what its answer did: `delivered`, `retry`, `split`, `dead`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
 }
 
 /// A subscriber: the events, and its place in the count of listeners
