@@ -538,3 +538,62 @@ fn refusals_at_ack_name_the_destination() {
     // And the connection kept working after each refusal.
     assert_eq!(d.client().ping().unwrap()["protocol"], 1);
 }
+
+#[test]
+fn a_signing_destination_signs_the_batch_body_as_sent_with_the_batch_id() {
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let sink = Sink::start();
+    let d = Daemon::start(&config(
+        &sink,
+        &format!("signing_secrets = [\"{SECRET}\"]\ncompression = \"gzip\""),
+        "max_events = 2\nmax_wait_ms = 60000",
+    ));
+    all_ok(&pipelined(&d.socket, &events(0, 2)));
+    let r = &sink.wait_for(1, T)[0];
+    let id = r.header("webhook-id").expect("webhook-id");
+    assert_eq!(Some(id), r.header("ffd-id"), "the batch's own id");
+    assert_ne!(id, "e0");
+    let ts = r.header("webhook-timestamp").unwrap();
+    // Over the exact bytes sent: the compressed body.
+    let want = support::python_signature(SECRET, id, ts, &r.body);
+    assert_eq!(r.header("webhook-signature"), Some(want.as_str()));
+}
+
+#[test]
+fn sighup_reloads_batch_settings_but_batching_itself_takes_a_restart() {
+    let sink = Sink::start();
+    let d = Daemon::start(&config(&sink, "", "max_events = 2\nmax_wait_ms = 60000"));
+    let file = d.dir.join("ffd.toml");
+    // The batch table goes: the destination keeps batching until a restart.
+    std::fs::write(
+        &file,
+        format!(
+            "{FAST}[destinations.ev]\nurl = \"{}\"\n",
+            sink.url("/batch")
+        ),
+    )
+    .unwrap();
+    d.signal("HUP");
+    d.wait_log("takes a restart", T);
+    all_ok(&pipelined(&d.socket, &events(0, 2)));
+    let r = &sink.wait_for(1, T)[0];
+    assert_eq!(r.header("ffd-batch-size"), Some("2"));
+    // Its settings do reload: batches of three now.
+    std::fs::write(
+        &file,
+        config(&sink, "", "max_events = 3\nmax_wait_ms = 60000"),
+    )
+    .unwrap();
+    let reloads = d.logs().matches("SIGHUP: config reloaded").count();
+    d.signal("HUP");
+    wait_until("a second reload", T, Duration::from_millis(10), || {
+        if d.logs().matches("SIGHUP: config reloaded").count() > reloads {
+            Ok(())
+        } else {
+            Err(d.logs())
+        }
+    });
+    all_ok(&pipelined(&d.socket, &events(2, 3)));
+    let got = sink.wait_for(2, T);
+    assert_eq!(got[1].header("ffd-batch-size"), Some("3"));
+}

@@ -233,6 +233,35 @@ fn dest_limits(cfg: &Config) -> HashMap<String, DestLimits> {
         .collect()
 }
 
+/// A destination that batched keeps batching until a restart, and one
+/// that did not keeps sending one request a send: its queued requests were
+/// accepted as events (no headers, a checked body), or as requests (their
+/// own method and headers), and must leave as they came. Its batch
+/// settings themselves reload.
+fn keep_batching(
+    running: &Destinations,
+    new: &mut Destinations,
+    limits: &mut HashMap<String, DestLimits>,
+) {
+    for (name, spec) in new.iter_mut() {
+        let Some(old) = running.get(name) else {
+            continue;
+        };
+        if old.batch.is_some() == spec.batch.is_some() {
+            continue;
+        }
+        tracing::warn!(
+            destination = %name,
+            "SIGHUP: adding or removing `destinations.{name}.batch` takes a restart; it keeps {} until then",
+            if old.batch.is_some() { "batching" } else { "sending one request a send" }
+        );
+        spec.batch = old.batch.clone();
+        if let Some(l) = limits.get_mut(name) {
+            l.batch = old.batch.clone();
+        }
+    }
+}
+
 /// The counters and gauges `stats` shows.
 pub struct StatsView {
     /// Sends accepted.
@@ -411,9 +440,14 @@ impl Engine {
         // Secrets (files read again), TLS clients, the policy: all or nothing.
         match self.deliverer.reload(cfg) {
             Ok(()) => {
-                *self.destinations.write().unwrap_or_else(|e| e.into_inner()) =
-                    Arc::new(destinations(cfg));
-                let limits = dest_limits(cfg);
+                let mut dests = destinations(cfg);
+                let mut limits = dest_limits(cfg);
+                keep_batching(
+                    &self.destinations.read().unwrap_or_else(|e| e.into_inner()),
+                    &mut dests,
+                    &mut limits,
+                );
+                *self.destinations.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dests);
                 let now = now_ms();
                 let mut st = self.lock();
                 for h in st.hosts.iter_mut() {
