@@ -320,8 +320,13 @@ impl Metrics {
 
     /// Counts an attempt by its result label.
     pub fn attempt(&self, result: &str) {
+        self.attempts_by(result, 1);
+    }
+
+    /// Counts `n` attempts with one result (the events of one batch request).
+    pub fn attempts_by(&self, result: &str, n: u64) {
         let i = result_index(result).unwrap_or(RESULTS.len() - 1);
-        self.attempts[i].inc();
+        self.attempts[i].inc_by(n);
     }
 
     /// The Prometheus text exposition (OpenMetrics).

@@ -248,6 +248,37 @@ fn scrape(port: u16) -> String {
 }
 
 #[test]
+fn a_retryable_status_listed_in_split_on_splits_too() {
+    let sink = Sink::with(|r, _| {
+        if lines(r).iter().any(|e| e["n"] == 7) {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let d = Daemon::start(&config(
+        &sink,
+        "",
+        "max_events = 20\nmax_wait_ms = 60000\nsplit_on = [503]",
+    ));
+    all_ok(&pipelined(&d.socket, &events(0, 20)));
+    d.wait_stats("19 delivered", T, |s| s["delivered"] == 19);
+    let counts = delivered_counts(&sink, |r| !lines(r).iter().any(|e| e["n"] == 7));
+    assert_eq!(counts.len(), 19);
+    assert!(counts.values().all(|n| *n == 1));
+    // Alone, a 503 is what it always is: retried.
+    let s = wait_until("e7 retried", T, Duration::from_millis(20), || {
+        let s = status(&d, "e7");
+        if s["attempts"].as_u64() >= Some(1) && s["state"] != "dead" {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert_eq!(s["last_status"], 503);
+}
+
+#[test]
 fn a_final_status_not_in_split_on_kills_the_batch_and_a_retryable_one_sends_it_again_whole() {
     let sink = Sink::with(|r, i| match (r.path.as_str(), i) {
         (_, 0) => Reply::status(503),

@@ -563,6 +563,15 @@ impl Config {
         }
         if let Some(b) = &dest.batch {
             Self::validate_batch(&format!("{key}.batch"), b)?;
+            // Past the window a backlog waits in the spool, read back in
+            // chunks of half of it: a batch larger could never fill by count.
+            if b.max_events > self.spool.memory_window {
+                bail!(
+                    "key `{key}.batch.max_events`: {} is more than `spool.memory_window` ({}), the requests a lane keeps in memory",
+                    b.max_events,
+                    self.spool.memory_window
+                );
+            }
         }
         Ok(())
     }
@@ -757,6 +766,38 @@ mod tests {
         );
         bad(&dest("rate_per_s = 0"), "destinations.a.rate_per_s");
         bad(&dest("max_in_flight = 0"), "destinations.a.max_in_flight");
+        bad(&dest("compression = \"brotli\""), "compression");
+        bad(
+            &dest("compression_level = 3"),
+            "destinations.a.compression_level",
+        );
+        bad(
+            &dest("compression = \"gzip\"\ncompression_level = 10"),
+            "destinations.a.compression_level",
+        );
+        let batch = |k: &str| dest(&format!("[destinations.a.batch]\n{k}"));
+        bad(&batch("max_events = 0"), "destinations.a.batch.max_events");
+        bad(
+            &batch("max_wait_ms = 0"),
+            "destinations.a.batch.max_wait_ms",
+        );
+        bad(&batch("format = \"csv\""), "format");
+        bad(
+            &batch("split_on = [399]"),
+            "destinations.a.batch.split_on[0]",
+        );
+        bad(
+            &batch("max_bytes = 10\nprefix = \"0123456789\""),
+            "destinations.a.batch.max_bytes",
+        );
+        bad(&batch("max_evnets = 5"), "max_evnets");
+        bad(
+            &format!(
+                "[spool]\nmemory_window = 100\n{}",
+                batch("max_events = 200")
+            ),
+            "destinations.a.batch.max_events",
+        );
         bad(
             &dest("client_cert_file = \"/etc/hostname\""),
             "client_key_file",

@@ -84,6 +84,9 @@ pub(crate) struct BatchStart {
     events: Vec<(Arc<str>, JobRef)>,
     /// This is the batch's send number `sends`.
     sends: u32,
+    /// Its events counted in flight (`State::batch_extra`, the lane's
+    /// `events_in_flight`): all of them, less those that could not be read.
+    counted: usize,
     spec: Arc<BatchSpec>,
     dest: Arc<str>,
 }
@@ -314,6 +317,7 @@ impl State {
         Some(Start::Batch(Box::new(BatchStart {
             host: hi,
             id,
+            counted: events.len(),
             events,
             sends,
             spec,
@@ -334,7 +338,7 @@ impl State {
             self.batch_of.insert(k.clone(), info.clone());
         }
         let lane = &mut self.hosts[hi as usize].batch;
-        if lane.held.is_empty() {
+        if lane.held.is_empty() && !self.holding.contains(&hi) {
             self.holding.push(hi);
         }
         lane.held.push_back(Held {
@@ -392,7 +396,7 @@ impl Engine {
     /// A batch's attempt: its events read back, its body built, one
     /// request, its answer applied to every event. Returns the next job
     /// for the same task.
-    pub(super) async fn deliver_batch(&self, b: Box<BatchStart>) -> Option<Start> {
+    pub(super) async fn deliver_batch(&self, mut b: Box<BatchStart>) -> Option<Start> {
         let mut jobs: Vec<Arc<Job>> = Vec::with_capacity(b.events.len());
         let mut lost = Vec::new();
         for (id, r) in &b.events {
@@ -409,8 +413,13 @@ impl Engine {
                 Err(e) => lost.push((id.clone(), e.to_string(), false)),
             }
         }
+        // The events' in-memory copies are let go of as the body is built:
+        // a batch in flight holds each body once.
+        for e in &mut b.events {
+            e.1 = JobRef::Gone;
+        }
         if !lost.is_empty() {
-            self.lost_from_batch(&b, lost);
+            self.lost_from_batch(&mut b, lost);
         }
         let Some(first) = jobs.first() else {
             return self.finish_batch(&b, Vec::new(), None);
@@ -469,10 +478,11 @@ impl Engine {
     /// Events of a batch that could not be read back: as for a single
     /// request, an I/O error is tried again in a second, anything else
     /// makes a dead letter that says why.
-    fn lost_from_batch(&self, b: &BatchStart, lost: Vec<(Arc<str>, String, bool)>) {
+    fn lost_from_batch(&self, b: &mut BatchStart, lost: Vec<(Arc<str>, String, bool)>) {
         let now = now_ms();
         let history = self.dcfg().status_history;
         let mut st = self.lock();
+        let mut kick = false;
         for (id, error, again) in lost {
             if st.batch_of.get(&id).is_some_and(|i| i.id == b.id) {
                 st.batch_of.remove(&id);
@@ -485,12 +495,19 @@ impl Engine {
                 continue;
             };
             e.last_error = Some(error.as_str().into());
+            let (attempts, at) = (e.attempts, e.job.loc());
+            // No longer in flight with the batch: uncounted (the request
+            // itself stays in flight until the batch finishes).
+            if b.counted > 1 {
+                st.batch_extra -= 1;
+            }
+            st.hosts[b.host as usize].batch.events_in_flight -= 1;
+            b.counted -= 1;
             if again {
                 warn!(id = %id, error = %error, "cannot read the event from the spool; trying again in 1 s");
-                st.schedule(&id, now + 1000, true);
+                kick |= st.schedule(&id, now + 1000, true);
                 continue;
             }
-            let (attempts, at) = (e.attempts, e.job.loc());
             tracing::error!(id = %id, error = %error, "cannot load event from the spool; kept as dead letter");
             st.end(&id, Phase::Dead, now, history);
             st.emit("dead", &id, |ev| ev.error = Some(error.clone()));
@@ -504,6 +521,9 @@ impl Engine {
         let events = st.take_events();
         drop(st);
         self.publish(events);
+        if kick {
+            self.wake.notify_one();
+        }
     }
 
     /// Applies a batch's answer to its events (`sent`: the request, the
@@ -521,10 +541,10 @@ impl Engine {
         let mut st = self.lock();
         let hi = b.host;
         st.in_flight -= 1;
-        st.batch_extra -= b.events.len() - 1;
+        st.batch_extra -= b.counted.saturating_sub(1);
         let host = &mut st.hosts[hi as usize];
         host.in_flight -= 1;
-        host.batch.events_in_flight -= b.events.len();
+        host.batch.events_in_flight -= b.counted;
         let mut result = None;
         let mut kick = false;
         let mut delivered = 0usize;
@@ -542,12 +562,13 @@ impl Engine {
                         .is_some_and(|e| e.phase == Phase::InFlight)
                 })
                 .collect();
+            let n = live.len() as u64;
             let (res, k) = st.batch_answered(b, job, &a, live, now, &dcfg, spool);
             kick = k;
             if res == "delivered" {
                 delivered = b.events.len();
             }
-            result = Some((res, a.result(), job.accepted_ms));
+            result = Some((res, a.result(), n));
             st.emit_batch(b, built, &a, res);
         }
         let next = st.take_one(now, &dcfg, spool);
@@ -556,15 +577,21 @@ impl Engine {
         let idle = st.in_flight == 0;
         let events = st.take_events();
         let label = st.hosts[hi as usize].label.clone();
+        let latencies = std::mem::take(&mut st.latencies);
         drop(st);
+        // Metrics after the lock (their own locks stay off it); attempts
+        // count events, as every per-request figure does.
         self.publish(events);
-        if let Some((res, attempt_result, _)) = result {
+        for ms in latencies {
+            self.metrics.delivery_latency.observe(ms as f64 / 1000.0);
+        }
+        if let Some((res, attempt_result, n)) = result {
             self.metrics.batch(res);
-            self.metrics.attempt(attempt_result);
+            self.metrics.attempts_by(attempt_result, n);
             self.metrics
                 .host_attempts
                 .get_or_create(&[("host", label), ("result", attempt_result.to_string())])
-                .inc();
+                .inc_by(n);
         }
         if delivered > 0 {
             self.room.notify_waiters();
@@ -597,9 +624,9 @@ impl State {
         let hi = b.host;
         let took = now.saturating_sub(a.started_ms);
         self.hosts[hi as usize].note(a.verdict == Verdict::Success, took);
-        let split = a.verdict == Verdict::Final
-            && live.len() > 1
-            && a.status.is_some_and(|s| b.spec.split_on.contains(&s));
+        // Any status listed splits, retryable or not: the list is the
+        // user's word on what a bad event gets back.
+        let split = live.len() > 1 && a.status.is_some_and(|s| b.spec.split_on.contains(&s));
         match a.verdict {
             Verdict::Success => {
                 let kick = self.host_answered(hi, a, now, dcfg);
@@ -615,7 +642,7 @@ impl State {
                 debug!(batch = %b.id, events = live.len(), status = a.status, "batch delivered");
                 ("delivered", kick)
             }
-            Verdict::Final if split => {
+            _ if split => {
                 let kick = self.host_answered(hi, a, now, dcfg);
                 debug!(batch = %b.id, events = live.len(), status = a.status, "batch refused; sending it in halves");
                 let mut first = live;
@@ -625,6 +652,9 @@ impl State {
                         if let Some(e) = self.entries.get_mut(id) {
                             e.phase = Phase::Queued;
                             e.next_ms = now;
+                            // Behind a pause or the lane's limit, it still
+                            // expires on time (`State::expire_queued`).
+                            self.expiry.insert((e.expires_ms, id.clone()));
                         }
                     }
                     self.hold(hi, crate::id::new_id(now), half, now, 0);
@@ -732,9 +762,7 @@ impl State {
             ev.error = a.error.clone();
         });
         if phase == Phase::Delivered {
-            self.metrics
-                .delivery_latency
-                .observe(now.saturating_sub(accepted_ms) as f64 / 1000.0);
+            self.latencies.push(now.saturating_sub(accepted_ms));
         }
         if let Some(s) = spool {
             let o = Outcome::after_attempt(

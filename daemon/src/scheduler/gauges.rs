@@ -38,7 +38,8 @@ impl Engine {
         let threshold = self.dcfg().breaker_threshold;
         let mut st = self.lock();
         st.prune_lanes();
-        let (pending, in_flight, dead) = (st.pending, st.in_flight, st.dead.len());
+        // Events of batches count one by one, as every per-request figure does.
+        let (pending, in_flight, dead) = (st.pending, st.in_flight + st.batch_extra, st.dead.len());
         let (ready, backoff) = (st.oldest_ready_ms(now), st.oldest_backoff_ms(now));
         let mut paused = 0;
         let mut rows = Vec::new();
@@ -49,7 +50,12 @@ impl Engine {
                 continue;
             }
             let state = h.breaker_state(now, threshold);
-            rows.push((h.label.clone(), h.pending, h.in_flight, state));
+            let in_flight = if h.limits.batch.is_some() {
+                h.batch.events_in_flight
+            } else {
+                h.in_flight
+            };
+            rows.push((h.label.clone(), h.pending, in_flight, state));
         }
         let memory_bytes = st.bytes;
         drop(st);

@@ -138,6 +138,9 @@ struct State {
     batch_extra: usize,
     /// Lanes with held batches ([`batch`]).
     holding: Vec<u32>,
+    /// Accepted-to-delivered times (ms) of a batch's events, observed in
+    /// the histogram once the lock is released.
+    latencies: Vec<u64>,
 }
 
 /// The scheduler and its handles: shared by connections (accept, ops), the
@@ -247,6 +250,20 @@ fn keep_batching(
         let Some(old) = running.get(name) else {
             continue;
         };
+        if let (Some(o), Some(n)) = (&old.batch, &spec.batch) {
+            if o.format != n.format {
+                tracing::warn!(destination = %name, "SIGHUP: changing `destinations.{name}.batch.format` takes a restart (its queued events were checked for the running one); it keeps `{}` until then", o.format.as_str());
+                let kept = Arc::new(BatchSpec {
+                    format: o.format,
+                    ..(**n).clone()
+                });
+                spec.batch = Some(kept.clone());
+                if let Some(l) = limits.get_mut(name) {
+                    l.batch = Some(kept);
+                }
+            }
+            continue;
+        }
         if old.batch.is_some() == spec.batch.is_some() {
             continue;
         }
@@ -382,6 +399,7 @@ impl Engine {
                 batch_of: HashMap::default(),
                 batch_extra: 0,
                 holding: Vec::new(),
+                latencies: Vec::new(),
             }),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -544,11 +562,12 @@ impl Engine {
                         .max(),
                     success_rate,
                     p95_attempt_ms,
-                    batches: h
-                        .limits
-                        .batch
-                        .as_ref()
-                        .map(|_| (h.pending - h.batch.events_in_flight, h.in_flight)),
+                    batches: h.limits.batch.as_ref().map(|_| {
+                        (
+                            h.pending.saturating_sub(h.batch.events_in_flight),
+                            h.in_flight,
+                        )
+                    }),
                 }
             })
             .collect();
@@ -582,7 +601,8 @@ impl Engine {
 impl State {
     /// Pending requests not in flight.
     fn queued(&self) -> usize {
-        self.pending - self.in_flight - self.batch_extra
+        self.pending
+            .saturating_sub(self.in_flight + self.batch_extra)
     }
 
     /// Acceptance time of the oldest pending request.
