@@ -31,6 +31,8 @@ struct Sizes {
     big_backlog_n: usize,
     /// Distinct hosts of the many-hosts row.
     hosts_n: usize,
+    /// Requests delivered for the RSS-after-deliveries row.
+    delivered_n: usize,
 }
 
 impl Sizes {
@@ -45,6 +47,7 @@ impl Sizes {
             backlog_n: 1_000_000,
             big_backlog_n: 10_000_000,
             hosts_n: 100_000,
+            delivered_n: 1_000_000,
         }
     }
     fn smoke() -> Sizes {
@@ -58,6 +61,7 @@ impl Sizes {
             backlog_n: 20_000,
             big_backlog_n: 50_000,
             hosts_n: 2_000,
+            delivered_n: 5_000,
         }
     }
 }
@@ -838,6 +842,11 @@ fn main() {
         backlog(&o, &sink, sizes.big_backlog_n, 256, &mut rows);
         many_hosts(&o, sizes.hosts_n, &mut rows);
     }
+    // 9. Memory after deliveries.
+    if run(9) {
+        eprintln!("9. memory after deliveries");
+        after_deliveries(&o, &sink, sizes.delivered_n, &mut rows);
+    }
     let _ = cpus;
 
     // 7. Storage candidates for the spool.
@@ -1441,4 +1450,65 @@ fn write_results(o: &Opts, sizes: &Sizes, rows: &[Row]) {
     }
     std::fs::write(&o.out, s).unwrap();
     eprintln!("wrote {}", o.out.display());
+}
+
+/// RSS while `n` requests are delivered with default settings, to
+/// distinct URLs (so no `METHOD url` text is shared): at every fifth of
+/// the way, and once idle. What `status` remembers of delivered requests,
+/// and what the allocator keeps of a burst, must not grow with what went
+/// through.
+fn after_deliveries(o: &Opts, sink: &Sink, n: usize, rows: &mut Vec<Row>) {
+    eprintln!("   {n} delivered, RSS along the way");
+    let f = start_ffd(o, "delivered", "", &[], None);
+    let mut c = ffclient::Client::connect(&f.socket).unwrap();
+    let step = (n / 5).max(1);
+    let mut marks = Vec::new();
+    let t = Instant::now();
+    for k in 0..5 {
+        let mut p = c.pipeline();
+        for i in k * step..(k + 1) * step {
+            p.send(&ffclient::Request::post(&sink.url(&format!("/d/{i}"))).body("{}"))
+                .unwrap();
+        }
+        p.finish().unwrap();
+        wait_delivered(&f, ((k + 1) * step) as u64, t, Duration::from_secs(900))
+            .expect("deliveries within 15 min");
+        marks.push(f.rss_kib().0);
+    }
+    let delivered_s = t.elapsed().as_secs_f64();
+    // The housekeeping tick (5 s) gives a burst's memory back.
+    std::thread::sleep(Duration::from_secs(7));
+    let idle = f.rss_kib().0;
+    f.stop();
+    let mib = |k: u64| k as f64 / 1024.0;
+    let (first, last) = (marks[0], marks[4]);
+    let flat = last <= first + first / 10 + 2048;
+    rows.push(row(
+        "memory",
+        format!("{n} delivered (distinct URLs): RSS at 1/5 / at the end / idle after"),
+        format!(
+            "{:.0} / {:.0} / {:.0} MiB",
+            mib(first),
+            mib(last),
+            mib(idle)
+        ),
+        format!(
+            "each fifth: {} MiB; {:.0}/s",
+            marks
+                .iter()
+                .map(|m| format!("{:.0}", mib(*m)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            n as f64 / delivered_s
+        ),
+        "",
+        if n >= 1_000_000 {
+            format!(
+                "≤ 64 MiB and flat: {}",
+                met(last <= 64 * 1024 && idle <= 64 * 1024 && flat)
+            )
+        } else {
+            String::new()
+        },
+    ));
 }
