@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+mod streams;
+
 struct Sizes {
     repeat: usize,
     ack_n: usize,
@@ -33,6 +35,14 @@ struct Sizes {
     hosts_n: usize,
     /// Requests delivered for the RSS-after-deliveries row.
     delivered_n: usize,
+    /// Events of the batched-delivery row (event streams).
+    events_n: usize,
+    /// Events of its unbatched comparison (one request each).
+    events_unbatched_n: usize,
+    /// Events each Python client sends in each scenario.
+    sdk_n: usize,
+    /// Events of each compression row.
+    compress_n: usize,
 }
 
 impl Sizes {
@@ -48,6 +58,10 @@ impl Sizes {
             big_backlog_n: 10_000_000,
             hosts_n: 100_000,
             delivered_n: 1_000_000,
+            events_n: 200_000,
+            events_unbatched_n: 50_000,
+            sdk_n: 5_000,
+            compress_n: 100_000,
         }
     }
     fn smoke() -> Sizes {
@@ -62,13 +76,17 @@ impl Sizes {
             big_backlog_n: 50_000,
             hosts_n: 2_000,
             delivered_n: 5_000,
+            events_n: 5_000,
+            events_unbatched_n: 2_000,
+            sdk_n: 200,
+            compress_n: 2_000,
         }
     }
 }
 
 struct Opts {
     smoke: bool,
-    /// Run only these sections (1-6); empty: all.
+    /// Run only these sections (1-8); empty: all.
     only: Vec<u32>,
     ffd: PathBuf,
     ffclient: PathBuf,
@@ -842,17 +860,24 @@ fn main() {
         backlog(&o, &sink, sizes.big_backlog_n, 256, &mut rows);
         many_hosts(&o, sizes.hosts_n, &mut rows);
     }
-    // 9. Memory after deliveries.
-    if run(9) {
-        eprintln!("9. memory after deliveries");
-        after_deliveries(&o, &sink, sizes.delivered_n, &mut rows);
-    }
     let _ = cpus;
 
     // 7. Storage candidates for the spool.
     if o.only.is_empty() || o.only.contains(&7) {
         eprintln!("7. storage candidates: append a batch, make it durable as the mode says");
         storage_candidates(&o, &sizes, &mut rows);
+    }
+
+    // 8. Event streams: batching destinations, the Python SDKs, compression.
+    if o.only.is_empty() || o.only.contains(&8) {
+        eprintln!("8. event streams");
+        streams::event_streams(&o, &sizes, &mut rows);
+    }
+
+    // 9. Memory after deliveries.
+    if o.only.is_empty() || o.only.contains(&9) {
+        eprintln!("9. memory after deliveries");
+        after_deliveries(&o, &sink, sizes.delivered_n, &mut rows);
     }
 
     write_results(&o, &sizes, &rows);
@@ -1420,6 +1445,9 @@ fn write_results(o: &Opts, sizes: &Sizes, rows: &[Row]) {
         ("slow", "5. A slow server (200 ms per response)", "", ["what", "ffd", "reference", "ratio", "goal"]),
         ("memory", "6. Memory and disk", "Backlog: requests to a closed port (server down), so all stay pending; each lane keeps `spool.memory_window` (16,384) of them in memory and the rest in the spool. Many hosts: one request to each of N addresses of 127.0.0.0/8 (one sink listening on them all, no idle connection kept), then the hosts are left idle until ffd drops them.", ["what", "ffd", "context", "", "goal"]),
         ("storage", "7. Storage candidates for the spool", "The spool's job done by each store: append a batch of ~300-byte records and make it as durable as the mode promises before the ACK. `log`: the segmented log ffd uses (one `write`, plus `fdatasync` in `always` mode); `redb`: one write transaction per batch (`Durability::None` / `Immediate`).", ["what", "our log", "redb", "ratio", ""]),
+        ("streams", "8. Event streams: batched delivery", "A destination with `[destinations.ev.batch]` (`max_events` 500, ndjson) to a loopback receiver that counts the events in each batch; distinct ~300-byte analytics events, written pipelined on one connection. Rate: events from the first line written to the last event received. Ingest alone: the same events held (`delay_ms`, nothing delivered), first line written to last ACK, in a fresh ffd of the same run; ingest while delivering: the last ACK of the delivered run. Unbatched: the same events sent with `url`, one request each, to the same receiver.", ["what", "ffd", "reference", "ratio", "goal"]),
+        ("streams-sdk", "8. Event streams: Python clients against the analytics SDKs", "The same receiver emulates Segment's `POST /v1/batch` and PostHog's `POST /batch/` (each SDK's `host` points at it; default settings otherwise: Segment 100 events or 0.5 s a batch, PostHog 100 events or 5 s). ffd: batching destinations, 500 events or 0.5 s. Blocked: the time one `track`/`capture`/`send` keeps the caller. Delivered: events received per second, from the first call until the receiver has all (the SDKs' `flush()` called after the last). Lost at exit: a process sends N events and returns at once (interpreter exit, atexit handlers run); events received after it exited, within the settle time. Lost after fork: the parent makes the client and sends one event, forks, and the child sends N and exits.", ["client", "caller blocked p50 / p99", "delivered", "lost at exit", "lost when a forked child sends"]),
+        ("streams-compress", "8. Event streams: compression", "Batches of 500 distinct ~300-byte analytics events (ndjson) with the destination's `compression` at its default level (gzip 6, zstd 3). Wire bytes: request bodies as received, per event. CPU: ffd's utime + stime (`/proc/PID/stat`) per event, ingest included, from the first line written to the last event received.", ["compression", "wire bytes / event", "ffd CPU / event", "against none", ""]),
     ];
     for (key, title, note, head) in sections {
         s.push_str(&format!("## {title}\n\n"));
