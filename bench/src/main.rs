@@ -1481,8 +1481,8 @@ fn write_results(o: &Opts, sizes: &Sizes, rows: &[Row]) {
 }
 
 /// RSS while `n` requests are delivered with default settings, to
-/// distinct URLs (so no `METHOD url` text is shared): at every fifth of
-/// the way, and once idle. What `status` remembers of delivered requests,
+/// distinct URLs (so no `METHOD url` text is shared), sent steadily: at
+/// every fifth of the way, and once idle. What `status` remembers of delivered requests,
 /// and what the allocator keeps of a burst, must not grow with what went
 /// through.
 fn after_deliveries(o: &Opts, sink: &Sink, n: usize, rows: &mut Vec<Row>) {
@@ -1491,19 +1491,35 @@ fn after_deliveries(o: &Opts, sink: &Sink, n: usize, rows: &mut Vec<Row>) {
     let mut c = ffclient::Client::connect(&f.socket).unwrap();
     let step = (n / 5).max(1);
     let mut marks = Vec::new();
+    let mut unsettled = Vec::new();
+    let mut paused = Duration::ZERO;
     let t = Instant::now();
+    // A service sending steadily, not a backlog: 10,000 at a time, each
+    // lot delivered before the next (the backlog rows measure a backlog).
+    let lot = step.min(10_000);
+    let mut sent = 0;
     for k in 0..5 {
-        let mut p = c.pipeline();
-        for i in k * step..(k + 1) * step {
-            p.send(&ffclient::Request::post(&sink.url(&format!("/d/{i}"))).body("{}"))
-                .unwrap();
+        while sent < (k + 1) * step {
+            let mut p = c.pipeline();
+            for i in sent..(sent + lot).min((k + 1) * step) {
+                p.send(&ffclient::Request::post(&sink.url(&format!("/d/{i}"))).body("{}"))
+                    .unwrap();
+            }
+            p.finish().unwrap();
+            sent = (sent + lot).min((k + 1) * step);
+            wait_delivered(&f, sent as u64, t, Duration::from_secs(900))
+                .expect("deliveries within 15 min");
         }
-        p.finish().unwrap();
-        wait_delivered(&f, ((k + 1) * step) as u64, t, Duration::from_secs(900))
-            .expect("deliveries within 15 min");
+        let at_once = f.rss_kib().0;
+        // Settled: once the housekeeping tick (5 s) gave back what the
+        // last lots freed.
+        let busy = t.elapsed();
+        std::thread::sleep(Duration::from_secs(6));
+        paused += t.elapsed() - busy;
         marks.push(f.rss_kib().0);
+        unsettled.push(at_once);
     }
-    let delivered_s = t.elapsed().as_secs_f64();
+    let delivered_s = (t.elapsed() - paused).as_secs_f64();
     // The housekeeping tick (5 s) gives a burst's memory back.
     std::thread::sleep(Duration::from_secs(7));
     let idle = f.rss_kib().0;
@@ -1521,8 +1537,13 @@ fn after_deliveries(o: &Opts, sink: &Sink, n: usize, rows: &mut Vec<Row>) {
             mib(idle)
         ),
         format!(
-            "each fifth: {} MiB; {:.0}/s",
+            "each fifth, settled: {} MiB (at once: {}); {:.0}/s",
             marks
+                .iter()
+                .map(|m| format!("{:.0}", mib(*m)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            unsettled
                 .iter()
                 .map(|m| format!("{:.0}", mib(*m)))
                 .collect::<Vec<_>>()

@@ -297,6 +297,11 @@ impl Metrics {
             .map_or(0, |i| self.finished[i].get())
     }
 
+    /// Requests finished so far, in every end state.
+    pub fn finished_total(&self) -> u64 {
+        self.finished.iter().map(|c| c.get()).sum()
+    }
+
     /// Counts a refused line.
     pub fn rejected(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {

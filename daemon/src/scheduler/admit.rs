@@ -406,7 +406,7 @@ impl Engine {
             st.counters.duplicates += 1;
             return Ok(Reserve::Known);
         }
-        if st.cold.contains(&job.key) {
+        if st.cold.contains(&job.key) || st.delivered.contains(&job.key) {
             st.counters.duplicates += 1;
             return Ok(Reserve::Known);
         }

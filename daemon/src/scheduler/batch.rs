@@ -756,11 +756,12 @@ impl State {
             return;
         };
         let (attempts, loc, accepted_ms) = (e.attempts, e.job.loc(), e.accepted_ms);
-        self.end(id, phase, now, dcfg.status_history);
+        // Told first: a delivered event leaves the entries.
         self.emit(phase.as_str(), id, |ev| {
             ev.status = a.status;
             ev.error = a.error.clone();
         });
+        self.end(id, phase, now, dcfg.status_history);
         if phase == Phase::Delivered {
             self.latencies.push(now.saturating_sub(accepted_ms));
         }

@@ -135,6 +135,48 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
     }
 }
 
+/// A delivered request as `status` shows it, from what is remembered of it.
+fn delivered_view(key: &str, r: &super::delivered::Record, st: &State) -> EntryView {
+    let (text, in_batch) = match r.text.as_deref().map(super::batch::parse_delivered) {
+        Some((t, b)) => (Some(t), b),
+        None => (None, None),
+    };
+    let (method, url) = match text.and_then(|t| t.split_once(' ')) {
+        Some((m, u)) => (Some(m.to_string()), Some(u.to_string())),
+        None => (None, None),
+    };
+    let host = url
+        .as_deref()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .map(|u| crate::job::host_key(&u))
+        .unwrap_or_default();
+    EntryView {
+        id: r.id().to_string(),
+        owner: (r.owner != NO_OWNER).then_some(r.owner),
+        phase: Phase::Delivered,
+        attempts: u32::from(r.attempts),
+        max_attempts: u32::from(r.max_attempts),
+        method,
+        url,
+        host,
+        accepted_ms: r.accepted_ms(),
+        next_attempt_ms: None,
+        expires_ms: 0,
+        finished_ms: Some(r.finished_ms),
+        last_status: r.status(),
+        last_error: None,
+        response: None,
+        host_paused_until_ms: None,
+        last_attempts: st.history.of(key),
+        batch: in_batch.map(|(id, n)| BatchView {
+            state: "delivered",
+            id: Some(id.to_string()),
+            events: Some(n),
+            send: None,
+        }),
+    }
+}
+
 /// Who is looking: a user sees only their own requests; root and ffd's own
 /// user see everyone's.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +212,21 @@ impl Engine {
             match found {
                 Some((key, e)) => (e.job.clone(), view(key, e, &st)),
                 None => {
+                    let delivered = own
+                        .as_deref()
+                        .and_then(|k| Some((k, st.delivered.get(k)?)))
+                        .or_else(|| {
+                            viewer
+                                .admin
+                                .then(|| Some((id, st.delivered.get(id)?)))
+                                .flatten()
+                        })
+                        .filter(|(_, r)| {
+                            viewer.admin || (r.owner != NO_OWNER && Some(r.owner) == viewer.uid)
+                        });
+                    if let Some((key, r)) = delivered {
+                        return Some(delivered_view(key, r, &st));
+                    }
                     let key = match own {
                         Some(k) if st.cold.contains(&k) => k,
                         _ if viewer.admin && st.cold.contains(id) => id.into(),

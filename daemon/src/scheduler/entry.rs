@@ -164,14 +164,23 @@ impl Entries {
         }
     }
 
-    /// A delivered entry lets go of its host.
-    pub(crate) fn detach_host(&mut self, id: &str) {
-        let Some(&i) = self.index.get(id) else { return };
-        let Some(e) = self.slots[i as usize].as_mut() else {
-            return;
-        };
-        let h = std::mem::replace(&mut e.host, NO_HOST);
-        self.release(h);
+    /// After a burst: the slots are packed again and the index sized to
+    /// what is left, when they hold more than twice the room needed.
+    /// Returns whether anything was given back.
+    pub(crate) fn shrink(&mut self) -> bool {
+        let live = self.index.len();
+        if self.slots.capacity() <= 2 * live + 1024 {
+            return false;
+        }
+        let mut slots = Vec::with_capacity(live);
+        for i in self.index.values_mut() {
+            slots.push(self.slots[*i as usize].take());
+            *i = (slots.len() - 1) as u32;
+        }
+        self.slots = slots;
+        self.free = Vec::new();
+        self.index.shrink_to_fit();
+        true
     }
 
     /// Inserts an entry for an id not present.

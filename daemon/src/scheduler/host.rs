@@ -307,18 +307,30 @@ impl State {
 }
 
 impl super::Engine {
-    /// Drops idle hosts every few seconds until draining begins.
+    /// Drops idle hosts, and gives back memory a burst left, every few
+    /// seconds until draining begins.
     pub async fn run_housekeeping(
         self: std::sync::Arc<Self>,
         mut shutdown: crate::shutdown::Shutdown,
     ) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut last_finished = 0u64;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let dropped = self.lock().prune_hosts(now_ms());
+                    let history = self.dcfg().status_history;
+                    let (dropped, shrunk) = {
+                        let mut st = self.lock();
+                        (st.prune_hosts(now_ms()), st.shrink(history))
+                    };
                     if dropped > 0 {
                         tracing::debug!(hosts = dropped, "idle hosts dropped");
+                    }
+                    // Requests finished since the last tick freed memory
+                    // the allocator would otherwise keep at its peak.
+                    let finished = self.metrics.finished_total();
+                    if dropped > 0 || shrunk || finished >= last_finished + 10_000 {
+                        last_finished = finished;
                         trim_heap();
                     }
                 }

@@ -94,6 +94,21 @@ impl Lanes {
         }
     }
 
+    /// Gives back the room of queues that a burst grew and that are now
+    /// mostly empty. Returns whether any was.
+    pub fn shrink(&mut self) -> bool {
+        let mut any = false;
+        for lane in &mut self.lanes {
+            for q in [&mut lane.fresh, &mut lane.retry] {
+                if q.capacity() > 2 * q.len() + 1024 {
+                    q.shrink_to_fit();
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
     /// Queues `id` on `host`'s lane (`retry`: the retry queue).
     pub fn push(&mut self, host: u32, id: Arc<str>, retry: bool) {
         let lane = &mut self.lanes[host as usize];

@@ -24,6 +24,7 @@ mod batch;
 mod breaker;
 mod compact;
 mod dead;
+mod delivered;
 mod dispatch;
 mod entry;
 mod fpset;
@@ -98,7 +99,8 @@ struct State {
     /// paused host or a full limit expires on time, not when it leaves
     /// its lane. Removed when it leaves the lane.
     expiry: BTreeSet<(u64, Arc<str>)>,
-    finished: VecDeque<Arc<str>>,
+    /// What `status` keeps of the most recent delivered requests.
+    delivered: delivered::Delivered,
     dead: BTreeMap<u64, Arc<str>>,
     next_dead_seq: u64,
     in_flight: usize,
@@ -377,7 +379,7 @@ impl Engine {
                 lanes: Lanes::default(),
                 timers: BinaryHeap::new(),
                 expiry: BTreeSet::new(),
-                finished: VecDeque::new(),
+                delivered: delivered::Delivered::default(),
                 dead: BTreeMap::new(),
                 next_dead_seq: 1,
                 in_flight: 0,
@@ -646,6 +648,26 @@ impl State {
                 q.shrink_to(q.len() * 2);
             }
         }
+    }
+
+    /// Gives back what a burst grew and no longer uses: the entries'
+    /// slots, lane queues, the oldest-pending queues, the timer heap and
+    /// the delivered history past `history`. Returns whether anything was.
+    fn shrink(&mut self, history: usize) -> bool {
+        let mut any = self.entries.shrink();
+        any |= self.lanes.shrink();
+        self.delivered.shrink(history);
+        for q in [&mut self.arrivals, &mut self.restored, &mut self.paged] {
+            if q.capacity() > 2 * q.len() + 1024 {
+                q.shrink_to_fit();
+                any = true;
+            }
+        }
+        if self.timers.capacity() > 2 * self.timers.len() + 1024 {
+            self.timers.shrink_to_fit();
+            any = true;
+        }
+        any
     }
 
     /// Whether a rate timer was set since the last call.

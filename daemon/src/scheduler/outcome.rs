@@ -3,7 +3,7 @@
 //! success or failure), and recorded in the spool.
 
 use super::dispatch::Start;
-use super::entry::{JobRef, Phase};
+use super::entry::{JobRef, Phase, NO_OWNER};
 use super::{Engine, State, Timer};
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
@@ -185,11 +185,12 @@ impl State {
                     e.last_error = Some(text);
                 }
             }
-            self.end(id, phase, now, dcfg.status_history);
+            // Told first: a delivered request leaves the entries.
             self.emit(phase.as_str(), id, |ev| {
                 ev.status = a.status;
                 ev.error = a.error.clone();
             });
+            self.end(id, phase, now, dcfg.status_history);
             if let Some(s) = spool {
                 s.record(id, here, outcome_of(phase.kind(), attempts, 0, a, now));
             }
@@ -415,22 +416,6 @@ impl State {
         Ok((at, self.schedule(id, at, true)))
     }
 
-    /// Keeps a delivered id for `status`, forgetting the oldest past `history`.
-    pub(super) fn remember_delivered(&mut self, id: Arc<str>, history: usize) {
-        self.finished.push_back(id);
-        while self.finished.len() > history {
-            if let Some(old) = self.finished.pop_front() {
-                if self
-                    .entries
-                    .get(&old)
-                    .is_some_and(|e| e.phase == Phase::Delivered)
-                {
-                    self.entries.remove(&old);
-                }
-            }
-        }
-    }
-
     /// A hot job leaves memory (its first attempt is done, or it ended).
     pub(super) fn cool(&mut self, id: &str) {
         if let Some(e) = self.entries.get_mut(id) {
@@ -454,11 +439,8 @@ impl State {
         let host = e.host as usize;
         match phase {
             Phase::Delivered => {
-                e.job = JobRef::Gone;
                 self.bytes -= e.bytes;
-                e.bytes = 0;
                 self.metrics.finished("delivered");
-                self.remember_delivered(id.clone(), history);
             }
             Phase::Dead | Phase::Expired => {
                 let seq = self.next_dead_seq;
@@ -479,7 +461,22 @@ impl State {
             self.want_page_in(host as u32);
         }
         if phase == Phase::Delivered {
-            self.entries.detach_host(id);
+            // What `status` keeps of it: a small record, not the entry.
+            if let Some(e) = self.entries.remove(id) {
+                let id_part = crate::job::client_id(id, e.owner != NO_OWNER);
+                self.delivered.push(
+                    id,
+                    e.owner,
+                    id_part,
+                    e.attempts,
+                    e.max_attempts,
+                    e.last_status,
+                    e.accepted_ms,
+                    now,
+                    e.last_error,
+                    history,
+                );
+            }
         }
     }
 }

@@ -207,33 +207,26 @@ impl Engine {
         let history = self.dcfg().status_history;
         let mut st = self.lock();
         // Sent again since, and pending (in memory or paged out): that wins.
-        if st.entries.contains_key(&r.id) || st.cold.contains(&r.id) || history == 0 {
+        if st.entries.contains_key(&r.id)
+            || st.cold.contains(&r.id)
+            || st.delivered.contains(&r.id)
+            || history == 0
+        {
             return;
         }
-        let host = st.host_for_key(&r.host, r.dest.as_deref());
-        st.entries.insert(
-            r.id.clone(),
-            Entry {
-                job: JobRef::Gone,
-                committed: true,
-                host,
-                owner: r.owner.map_or(NO_OWNER, |o| o.uid),
-                max_attempts: r.max_attempts,
-                expires_ms: r.expires_ms,
-                phase: Phase::Delivered,
-                attempts: r.state.attempts,
-                next_ms: u64::MAX,
-                accepted_ms: r.accepted_ms,
-                finished_ms: r.state.at_ms,
-                bytes: 0,
-                size: 0,
-                last_status: r.state.status,
-                last_error: None,
-                snippet: r.state.snippet.map(Into::into),
-                dead_seq: 0,
-                delayed: false,
-            },
+        let owner = r.owner.map_or(NO_OWNER, |o| o.uid);
+        let id = crate::job::client_id(&r.id, owner != NO_OWNER);
+        st.delivered.push(
+            &r.id,
+            owner,
+            id,
+            r.state.attempts,
+            r.max_attempts,
+            r.state.status,
+            r.accepted_ms,
+            r.state.at_ms,
+            None,
+            history,
         );
-        st.remember_delivered(r.id, history);
     }
 }
