@@ -429,6 +429,32 @@ impl Client {
         self.op(&Value::Object(m).to_string(), "dead")
     }
 
+    /// `cancel` of one id (an admin may write `uid:id`): how many requests
+    /// it ended or stopped from retrying (0 for one already finished).
+    pub fn cancel(&mut self, id: &str) -> Result<u64, Error> {
+        let line = serde_json::json!({"op": "cancel", "id": id}).to_string();
+        Ok(self.op(&line, "cancelled")?.as_u64().unwrap_or(0))
+    }
+
+    /// `cancel` of every pending request of yours (an admin's: everyone's),
+    /// only those to `host` (as `status` shows it) or to the destination
+    /// `dest` when given: how many it ended or stopped from retrying.
+    pub fn cancel_all(&mut self, host: Option<&str>, dest: Option<&str>) -> Result<u64, Error> {
+        let mut m = Map::new();
+        m.insert("op".into(), "cancel".into());
+        m.insert("all".into(), true.into());
+        if let Some(h) = host {
+            m.insert("host".into(), h.into());
+        }
+        if let Some(d) = dest {
+            m.insert("dest".into(), d.into());
+        }
+        Ok(self
+            .op(&Value::Object(m).to_string(), "cancelled")?
+            .as_u64()
+            .unwrap_or(0))
+    }
+
     /// Starts pipelined sending on this connection.
     pub fn pipeline(&mut self) -> Pipeline<'_> {
         Pipeline {

@@ -33,6 +33,11 @@ commands:
   dead [--limit N]              dead letters
   replay ID|--all               send dead letters again
   purge ID|--all                forget dead letters
+  cancel ID | --all [--host H | --dest D]
+                                stop pending requests (yours; root and ffd's user:
+                                anyone's, naming another user's as UID:ID); prints
+                                how many were cancelled. --host as status shows it
+                                (http://127.0.0.1:8080)
   tail [options]                live events, one line each, until Ctrl-C
       --host HOST               only requests to HOST (host, host:port or URL form)
       --dest NAME               only requests to the named destination
@@ -206,6 +211,21 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             print(serde_json::Value::Object(m));
             Ok(ExitCode::SUCCESS)
         }
+        "cancel" => {
+            let json = json_flag(&mut args);
+            let sel = parse_cancel(&args)?;
+            let mut client = connect()?;
+            let n = match sel {
+                Cancel::Id(id) => client.cancel(id)?,
+                Cancel::All { host, dest } => client.cancel_all(host, dest)?,
+            };
+            if json {
+                print(serde_json::json!({"ok": true, "cancelled": n}));
+            } else {
+                println!("cancelled {n} {}", plural(n, "request", "requests"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         "tail" => tail(connect()?, args),
         "top" => {
             let once = match args.as_slice() {
@@ -216,6 +236,48 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             top(&connect, once)
         }
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// What `ffclient cancel` names.
+enum Cancel<'a> {
+    Id(&'a str),
+    All {
+        host: Option<&'a str>,
+        dest: Option<&'a str>,
+    },
+}
+
+/// `cancel ID | --all [--host H | --dest D]`.
+fn parse_cancel(args: &[String]) -> Result<Cancel<'_>, Failure> {
+    let usage = || Failure::Usage("cancel takes one ID, or --all [--host H | --dest D]".into());
+    match args {
+        [id] if !id.starts_with('-') => return Ok(Cancel::Id(id)),
+        [] => return Err(usage()),
+        _ => {}
+    }
+    let (mut all, mut host, mut dest) = (false, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--all" => all = true,
+            "--host" => host = Some(it.next().ok_or_else(usage)?.as_str()),
+            "--dest" => dest = Some(it.next().ok_or_else(usage)?.as_str()),
+            _ => return Err(usage()),
+        }
+    }
+    if !all || (host.is_some() && dest.is_some()) {
+        return Err(usage());
+    }
+    Ok(Cancel::All { host, dest })
+}
+
+/// `one` or `many`, as `n` says.
+fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
     }
 }
 

@@ -101,7 +101,7 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    fn sees(&self, e: &Entry) -> bool {
+    pub(super) fn sees(&self, e: &Entry) -> bool {
         self.admin || (e.owner != NO_OWNER && Some(e.owner) == self.uid)
     }
 }

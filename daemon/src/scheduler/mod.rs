@@ -21,6 +21,7 @@
 
 mod admit;
 mod breaker;
+mod cancel;
 mod compact;
 mod dead;
 mod dispatch;
@@ -128,6 +129,8 @@ struct State {
     dest_limits: HashMap<String, DestLimits>,
     /// A rate timer was set that the dispatcher may not know of yet.
     rate_kick: bool,
+    /// Cancels of requests in flight or paged out, carried out later.
+    cancels: cancel::Cancels,
 }
 
 /// The scheduler and its handles: shared by connections (accept, ops), the
@@ -333,6 +336,7 @@ impl Engine {
                 history: history::History::default(),
                 dest_limits: dest_limits(cfg),
                 rate_kick: false,
+                cancels: Default::default(),
             }),
             wake: Notify::new(),
             idle: Notify::new(),

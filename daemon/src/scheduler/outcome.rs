@@ -129,6 +129,8 @@ impl State {
         spool: Option<&Spool>,
     ) -> Option<(Option<Phase>, bool, Note)> {
         let (attempts, here, accepted_ms, err) = self.note_attempt(id, host, a, now)?;
+        // Cancelled while in flight: a failure ends it (see `cancel`).
+        let cancelled = self.take_cancel(id);
         let result = a.result();
         let h = &self.hosts[host as usize];
         let counter = crate::metrics::result_index(result)
@@ -150,7 +152,11 @@ impl State {
             Verdict::Success | Verdict::Final => {
                 let (end, k) = self.answered(host, job, a, attempts, err, now, dcfg);
                 kick |= k;
-                Some(end)
+                Some(if cancelled && end == Phase::Dead {
+                    Phase::Cancelled
+                } else {
+                    end
+                })
             }
             Verdict::Retry => {
                 let started_failing = h.breaker.failures() == 0 && !h.breaker.paused(now);
@@ -182,7 +188,12 @@ impl State {
                         ev.wait_ms = Some(trip.cooldown_ms);
                     });
                 }
-                match self.retry_or_end(id, job, a, attempts, now, dcfg) {
+                let next = if cancelled {
+                    Err(Phase::Cancelled)
+                } else {
+                    self.retry_or_end(id, job, a, attempts, now, dcfg)
+                };
+                match next {
                     Err(end) => Some(end),
                     Ok((at, scheduled)) => {
                         kick |= scheduled;
@@ -389,7 +400,7 @@ impl State {
                 if self
                     .entries
                     .get(&old)
-                    .is_some_and(|e| e.phase == Phase::Delivered)
+                    .is_some_and(|e| matches!(e.phase, Phase::Delivered | Phase::Cancelled))
                 {
                     self.entries.remove(&old);
                 }
@@ -410,6 +421,7 @@ impl State {
     /// Moves an entry to an end state.
     pub(super) fn end(&mut self, id: &Arc<str>, phase: Phase, now: u64, history: usize) {
         self.cool(id);
+        self.take_cancel(id);
         self.undelay(id);
         let Some(e) = self.entries.get_mut(id) else {
             return;
@@ -424,6 +436,15 @@ impl State {
                 self.bytes -= e.bytes;
                 e.bytes = 0;
                 self.metrics.finished("delivered");
+                self.remember_delivered(id.clone(), history);
+            }
+            Phase::Cancelled => {
+                // Kept for `status` as a delivered request is; its host
+                // stays named (nothing else shows it).
+                e.job = JobRef::Gone;
+                self.bytes -= e.bytes;
+                e.bytes = 0;
+                self.metrics.finished("cancelled");
                 self.remember_delivered(id.clone(), history);
             }
             Phase::Dead | Phase::Expired => {

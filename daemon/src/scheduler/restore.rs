@@ -219,7 +219,11 @@ impl Engine {
                 owner: r.owner.map_or(NO_OWNER, |o| o.uid),
                 max_attempts: r.max_attempts,
                 expires_ms: r.expires_ms,
-                phase: Phase::Delivered,
+                phase: if r.state.kind == Kind::Cancelled {
+                    Phase::Cancelled
+                } else {
+                    Phase::Delivered
+                },
                 attempts: r.state.attempts,
                 next_ms: u64::MAX,
                 accepted_ms: r.accepted_ms,
