@@ -110,6 +110,7 @@ fn entry_json(v: &EntryView) -> Value {
         "last_error": v.last_error,
         "response": v.response,
         "host_paused_until_ms": v.host_paused_until_ms,
+        "host_failures": v.host_failures,
         "last_attempts": v.last_attempts,
     })
 }

@@ -44,6 +44,8 @@ pub struct EntryView {
     pub response: Option<String>,
     /// Until when its host is paused by the breaker, if it is.
     pub host_paused_until_ms: Option<u64>,
+    /// Failures in a row that paused it, while it is paused.
+    pub host_failures: Option<u32>,
     /// Its last attempts, oldest first (for recent requests).
     pub last_attempts: Vec<super::AttemptRecord>,
 }
@@ -82,12 +84,15 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
             .map(Into::into),
         response: e.snippet.as_deref().map(Into::into),
         last_attempts: st.history.of(key),
-        host_paused_until_ms: {
-            let b = st.hosts.get(e.host as usize).map(|h| &h.breaker);
-            b.filter(|b| e.phase.is_pending() && b.paused(now_ms()))
-                .map(|b| b.paused_until())
-        },
+        host_paused_until_ms: paused(e, st).map(|b| b.paused_until()),
+        host_failures: paused(e, st).map(|b| b.failures()),
     }
+}
+
+/// The breaker of a pending request's host, while it pauses the host.
+fn paused<'a>(e: &Entry, st: &'a State) -> Option<&'a super::Breaker> {
+    let b = st.hosts.get(e.host as usize).map(|h| &h.breaker);
+    b.filter(|b| e.phase.is_pending() && b.paused(now_ms()))
 }
 
 /// Who is looking: a user sees only their own requests; root and ffd's own
@@ -172,6 +177,7 @@ impl Engine {
             last_error: None,
             response: None,
             host_paused_until_ms: None,
+            host_failures: None,
             last_attempts: Vec::new(),
         };
         self.add_request(&JobRef::Disk(r.loc), &mut v);
