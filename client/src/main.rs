@@ -56,9 +56,10 @@ commands:
                                 --once (or output that is not a terminal): one table
 
 The socket is --socket, else $FFD_SOCKET, else ffd's default path:
-/run/ffd/ffd.sock as root; else $XDG_RUNTIME_DIR/ffd.sock if it exists
-(/tmp/ffd-UID/ffd.sock when $XDG_RUNTIME_DIR is unset, as ffd does);
-else /run/ffd/ffd.sock if it exists (the system service, group ffd).
+/run/ffd/ffd.sock as root; else your user's socket if it exists:
+$XDG_RUNTIME_DIR/ffd.sock, or /tmp/ffd-UID/ffd.sock when $XDG_RUNTIME_DIR
+is unset (where ffd listens then); else /run/ffd/ffd.sock if it exists
+(the system service, group ffd); else your user's socket.
 
 exit codes: 0 ok, 2 usage error, 3 rejected by ffd, 4 ffd unreachable,
 5 other error (I/O, unexpected answer)";
@@ -372,9 +373,16 @@ fn unreachable_message(path: &std::path::Path, how: &str, e: &std::io::Error) ->
             "ffd seems not to be running (nothing listens there): start it with `ffd`, \
              or give its socket with --socket PATH or $FFD_SOCKET"
         }
-        ErrorKind::PermissionDenied => {
+        // Joining group ffd helps only where the socket is the system
+        // service's: a root-run foreground ffd serves root alone.
+        ErrorKind::PermissionDenied if ffclient::socket_group_is_ffd(path) => {
             "ffd may be running, but this user may not use its socket \
-             (the system socket is for group ffd: sudo usermod -aG ffd \"$USER\")"
+             (the system socket is for group ffd: sudo usermod -aG ffd \"$USER\", then log in again)"
+        }
+        ErrorKind::PermissionDenied => {
+            "ffd may be running, but this user may not use its socket: it belongs to \
+             another user (an ffd run as root in the foreground serves root only). \
+             Run your own ffd as this user, or use the system service (group ffd)"
         }
         _ => "ffd may not be running",
     };
