@@ -686,8 +686,9 @@ fn send_stdin(mut client: Client) -> Result<ExitCode, Failure> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "ffclient: {} of {count} requests rejected",
-            report.rejected.len()
+            "ffclient: {} of {count} {} rejected",
+            report.rejected.len(),
+            plural(count as u64, "request", "requests")
         );
         Ok(ExitCode::from(EXIT_REJECTED))
     }
