@@ -447,3 +447,21 @@ fn ffclient_cancel_prints_how_many_requests_were_cancelled() {
         assert_eq!(code, Some(2), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn a_request_cancelled_in_flight_is_not_sent_again_after_a_restart_mid_attempt() {
+    let sink = Sink::with(|_, _| Reply::status(503).delay(HOLD));
+    // A short drain: ffd stops while the attempt still runs.
+    let mut d = Daemon::start(&format!("shutdown_timeout_ms = 100\n{FAST}"));
+    send(&d, &format!(r#"{{"id":"r-1","url":"{}"}}"#, sink.url("/r")));
+    sink.wait_for(1, T);
+    let a = ask(&d, r#"{"op":"cancel","id":"r-1"}"#);
+    assert_eq!(a["cancelled"], 1, "{a}");
+    assert!(d.stop().success());
+    d.restart();
+    wait_state(&d, "r-1", "cancelled");
+    let s = d.stats();
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(s["in_flight"], 0, "{s}");
+    assert_eq!(sink.count(), 1, "not sent again");
+}

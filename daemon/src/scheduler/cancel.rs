@@ -73,7 +73,16 @@ impl State {
                 self.emit("cancelled", key, |_| {});
                 true
             }
-            Phase::InFlight => self.cancels.in_flight.insert(key.clone()),
+            Phase::InFlight => {
+                let (attempts, fresh) = (e.attempts, self.cancels.in_flight.insert(key.clone()));
+                if let Some(s) = spool.filter(|_| fresh) {
+                    // Written now, so that a restart before the attempt ends
+                    // does not send it again; no place: its record stays
+                    // live until the attempt's own outcome.
+                    s.record(key, None, Outcome::cancelled(attempts, now));
+                }
+                fresh
+            }
             Phase::Delivered | Phase::Dead | Phase::Expired | Phase::Cancelled => false,
         }
     }
@@ -278,7 +287,10 @@ impl Engine {
             let now = now_ms();
             let mut st = self.lock();
             for r in &mine {
-                n += st.cancel_cold(host, r, now, history, Some(spool)) as usize;
+                // Paged in since the pass over memory: cancelled there.
+                let done = st.cancel_cold(host, r, now, history, Some(spool))
+                    || st.cancel_entry(&r.id, now, history, Some(spool));
+                n += done as usize;
             }
             let events = st.take_events();
             drop(st);

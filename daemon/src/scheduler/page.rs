@@ -291,12 +291,14 @@ impl State {
             match r {
                 Ok(r) => {
                     let fp = self.cold.fingerprint(&r.id);
-                    if self.cold.ids.remove(fp) {
-                        kick |= self.insert_paged(host, r);
-                    } else if self.take_cold_cancel(fp) {
+                    // A cancel first: the same id sent again later, and cold
+                    // too, is behind it in the lane and has its own turn.
+                    if self.take_cold_cancel(fp) {
                         // Cancelled while cold: it ends here, and frees its segment.
                         spool.forget(r.loc);
                         self.drop_cold(host);
+                    } else if self.cold.ids.remove(fp) {
+                        kick |= self.insert_paged(host, r);
                     } else {
                         // Nothing but this takes a key out of the cold set:
                         // a second copy, and its first won.
