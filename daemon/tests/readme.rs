@@ -411,3 +411,16 @@ fn readme_webhook_receiver_verifies_a_signed_delivery() {
     let _ = receiver.kill();
     let _ = receiver.wait();
 }
+
+/// The fallback socket without `$XDG_RUNTIME_DIR` is said where a user
+/// looks: `ffd --help`, `ffclient --help` and the README.
+#[test]
+fn the_temp_dir_socket_fallback_is_documented() {
+    for b in ["ffd", "ffclient"] {
+        let out = Command::new(bin(b)).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("/tmp/ffd-UID/ffd.sock"), "{b} --help: {text}");
+    }
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(readme.contains("`/tmp/ffd-UID/ffd.sock` when `$XDG_RUNTIME_DIR` is unset"));
+}
