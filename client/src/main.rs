@@ -48,7 +48,7 @@ commands:
       --host HOST               only requests to HOST (host, host:port or URL form)
       --dest NAME               only requests to the named destination
       --event EVENT             only this event (repeatable): accepted, attempt,
-                                retry, delivered, dead, expired; host_failing,
+                                retry, delivered, dead, expired, cancelled; host_failing,
                                 host_paused, host_recovered (root and ffd's user)
       --json                    the raw JSON lines
   top [--once]                  a row per host, every second: pending, oldest ready,
