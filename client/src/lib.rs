@@ -89,10 +89,11 @@ impl From<io::Error> for Error {
 }
 
 /// The socket path: `$FFD_SOCKET`, else `/run/ffd/ffd.sock` as root, else
-/// `$XDG_RUNTIME_DIR/ffd.sock` when it exists (a user service), else
-/// `/run/ffd/ffd.sock` when it exists (the system service, for users in
-/// group `ffd`), else `$XDG_RUNTIME_DIR/ffd.sock` or a per-user directory in
-/// the temp dir: the daemon's rule, so both find each other without flags.
+/// your user's socket when it exists (`$XDG_RUNTIME_DIR/ffd.sock`, or
+/// `/tmp/ffd-UID/ffd.sock` when `$XDG_RUNTIME_DIR` is unset: where a
+/// user's ffd listens), else `/run/ffd/ffd.sock` when it exists (the system
+/// service, for users in group `ffd`), else your user's socket: the
+/// daemon's rule, so both find each other without flags.
 pub fn default_socket() -> PathBuf {
     default_socket_choice().0
 }
@@ -113,29 +114,63 @@ pub fn default_socket_choice() -> (PathBuf, &'static str) {
             "the system socket, as root ($FFD_SOCKET is not set)",
         );
     }
-    let user = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|p| !p.is_empty())
-        .map(|dir| Path::new(&dir).join("ffd.sock"));
-    match &user {
-        Some(p) if p.exists() => return (p.clone(), "your user's socket in $XDG_RUNTIME_DIR"),
-        _ if system.exists() => {
-            return (
-                system,
-                "the system socket: there is no ffd.sock in $XDG_RUNTIME_DIR",
-            )
-        }
-        Some(p) => {
-            return (
-                p.clone(),
-                "your user's socket in $XDG_RUNTIME_DIR (no system socket either)",
-            )
-        }
-        None => {}
+    let (user, xdg) = match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(dir) => (Path::new(&dir).join("ffd.sock"), true),
+        // As ffd does without $XDG_RUNTIME_DIR.
+        None => (
+            std::env::temp_dir()
+                .join(format!("ffd-{}", uid.unwrap_or(0)))
+                .join("ffd.sock"),
+            false,
+        ),
+    };
+    if user.exists() {
+        return (
+            user,
+            if xdg {
+                "your user's socket in $XDG_RUNTIME_DIR"
+            } else {
+                "your user's socket in the temp dir ($XDG_RUNTIME_DIR is not set)"
+            },
+        );
     }
-    let tmp = std::env::temp_dir()
-        .join(format!("ffd-{}", uid.unwrap_or(0)))
-        .join("ffd.sock");
-    (tmp, "the temp dir: $XDG_RUNTIME_DIR is not set")
+    if system.exists() {
+        return (
+            system,
+            if xdg {
+                "the system socket: there is no ffd.sock in $XDG_RUNTIME_DIR"
+            } else {
+                "the system socket: there is no user socket in the temp dir ($XDG_RUNTIME_DIR is not set)"
+            },
+        );
+    }
+    (
+        user,
+        if xdg {
+            "your user's socket in $XDG_RUNTIME_DIR (no system socket either)"
+        } else {
+            "your user's socket in the temp dir, as $XDG_RUNTIME_DIR is not set (no system socket either)"
+        },
+    )
+}
+
+/// Whether the group of the socket at `path` (or, when it cannot be seen,
+/// of its directory) is `ffd`: the system service's, whose members may use
+/// it. Read from `/etc/group`, without libc.
+pub fn socket_group_is_ffd(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(path)
+        .or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("/"))))
+        .map(|m| m.gid());
+    let Ok(gid) = gid else {
+        return false;
+    };
+    std::fs::read_to_string("/etc/group").is_ok_and(|groups| {
+        groups.lines().any(|l| {
+            let mut f = l.split(':');
+            f.next() == Some("ffd") && f.nth(1).and_then(|g| g.parse::<u32>().ok()) == Some(gid)
+        })
+    })
 }
 
 /// One request to relay, built like a curl command line.
@@ -427,6 +462,32 @@ impl Client {
             m.insert("limit".into(), l.into());
         }
         self.op(&Value::Object(m).to_string(), "dead")
+    }
+
+    /// `cancel` of one id (an admin may write `uid:id`): how many requests
+    /// it ended or stopped from retrying (0 for one already finished).
+    pub fn cancel(&mut self, id: &str) -> Result<u64, Error> {
+        let line = serde_json::json!({"op": "cancel", "id": id}).to_string();
+        Ok(self.op(&line, "cancelled")?.as_u64().unwrap_or(0))
+    }
+
+    /// `cancel` of every pending request of yours (an admin's: everyone's),
+    /// only those to `host` (as `status` shows it) or to the destination
+    /// `dest` when given: how many it ended or stopped from retrying.
+    pub fn cancel_all(&mut self, host: Option<&str>, dest: Option<&str>) -> Result<u64, Error> {
+        let mut m = Map::new();
+        m.insert("op".into(), "cancel".into());
+        m.insert("all".into(), true.into());
+        if let Some(h) = host {
+            m.insert("host".into(), h.into());
+        }
+        if let Some(d) = dest {
+            m.insert("dest".into(), d.into());
+        }
+        Ok(self
+            .op(&Value::Object(m).to_string(), "cancelled")?
+            .as_u64()
+            .unwrap_or(0))
     }
 
     /// Starts pipelined sending on this connection.

@@ -18,34 +18,48 @@ commands:
       -H, --header 'Name: value'
       -d, --data DATA           body (@FILE reads a file); sets form content-type
           --data-binary DATA    body sent as is (@FILE reads a file, @- stdin)
-          --json DATA           JSON body (@FILE reads a file); sets content-type and
-                                accept: application/json (as curl does; -H overrides)
+          --json DATA           JSON body (@FILE reads a file), checked here (invalid
+                                JSON: exit 2, with its place in DATA); sets
+                                content-type and accept: application/json (as curl
+                                does; -H overrides)
           --id ID               idempotency key (default: ffd makes one)
           --timeout MS          per-attempt timeout
           --max-attempts N
           --ttl MS              give up this long after acceptance
           --delay MS            do not deliver before this long
-      URL is absolute: http://HOST[:PORT]/PATH or https://...
+      URL is absolute: http://HOST[:PORT]/PATH or https://...; the standard
+      methods may be written in lower case (post is sent as POST)
+  send [METHOD] --dest NAME [--path P] [options]
+                                to a destination named in ffd's config, with
+                                P (/path?query) appended to its URL
   send -                        NDJSON requests from stdin, pipelined; prints ids
   ping                          check that ffd answers
   stats [--json]                counters, queue depth, hosts (--json: the raw answer)
   status ID [--json]            where one request stands, in words (--json: raw)
-  dead [--limit N]              dead letters
-  replay ID|--all               send dead letters again
-  purge ID|--all                forget dead letters
+  dead [--limit N] [--json]     dead letters, in words (--json: the raw answer)
+  replay ID|--all [--json]      send dead letters again; prints how many
+  purge ID|--all [--json]       forget dead letters; prints how many
+  cancel ID | --all [--host H | --dest D]
+                                stop pending requests (yours; root and ffd's user:
+                                anyone's, naming another user's as UID:ID); prints
+                                how many were cancelled. --host as status shows it
+                                (http://127.0.0.1:8080)
   tail [options]                live events, one line each, until Ctrl-C
       --host HOST               only requests to HOST (host, host:port or URL form)
       --dest NAME               only requests to the named destination
       --event EVENT             only this event (repeatable): accepted, attempt,
-                                retry, delivered, dead, expired; host_failing,
+                                retry, delivered, dead, expired, cancelled; host_failing,
                                 host_paused, host_recovered (root and ffd's user)
       --json                    the raw JSON lines
   top [--once]                  a row per host, every second: pending, oldest ready,
-                                in flight/limit, breaker, success %, p95, last error
+                                in flight/limit, breaker, success %, p95, last error;
+                                --once (or output that is not a terminal): one table
 
 The socket is --socket, else $FFD_SOCKET, else ffd's default path:
-/run/ffd/ffd.sock as root; else $XDG_RUNTIME_DIR/ffd.sock if it exists;
-else /run/ffd/ffd.sock if it exists (the system service, group ffd).
+/run/ffd/ffd.sock as root; else your user's socket if it exists:
+$XDG_RUNTIME_DIR/ffd.sock, or /tmp/ffd-UID/ffd.sock when $XDG_RUNTIME_DIR
+is unset (where ffd listens then); else /run/ffd/ffd.sock if it exists
+(the system service, group ffd); else your user's socket.
 
 exit codes: 0 ok, 2 usage error, 3 rejected by ffd, 4 ffd unreachable,
 5 other error (I/O, unexpected answer)";
@@ -185,6 +199,7 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         "dead" => {
+            let json = json_flag(&mut args);
             let limit =
                 match args.as_slice() {
                     [] => None,
@@ -193,17 +208,48 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
                     })?),
                     _ => return Err(Failure::Usage("dead takes only --limit N".into())),
                 };
-            print(connect()?.dead(limit)?);
+            let list = connect()?.dead(limit)?;
+            if json {
+                print(list);
+            } else {
+                print!("{}", text::dead_text(&list));
+            }
             Ok(ExitCode::SUCCESS)
         }
         "replay" | "purge" => {
+            let json = json_flag(&mut args);
             let line = match args.as_slice() {
                 [all] if all == "--all" => serde_json::json!({"op": cmd, "all": true}),
                 [id] if !id.starts_with('-') => serde_json::json!({"op": cmd, "id": id}),
                 _ => return Err(Failure::Usage(format!("{cmd} takes one ID or --all"))),
             };
             let m = connect()?.send_line(&line.to_string())?;
-            print(serde_json::Value::Object(m));
+            if json {
+                print(serde_json::Value::Object(m));
+            } else {
+                let (key, verb) = if cmd == "replay" {
+                    ("replayed", "replayed (queued again)")
+                } else {
+                    ("purged", "purged")
+                };
+                let n = m.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+                println!("{verb}: {n} {}", plural(n, "dead letter", "dead letters"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "cancel" => {
+            let json = json_flag(&mut args);
+            let sel = parse_cancel(&args)?;
+            let mut client = connect()?;
+            let n = match sel {
+                Cancel::Id(id) => client.cancel(id)?,
+                Cancel::All { host, dest } => client.cancel_all(host, dest)?,
+            };
+            if json {
+                print(serde_json::json!({"ok": true, "cancelled": n}));
+            } else {
+                println!("cancelled {n} {}", plural(n, "request", "requests"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         "tail" => tail(connect()?, args),
@@ -213,9 +259,54 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, Failure> {
                 [o] if o == "--once" => true,
                 _ => return Err(Failure::Usage("top takes only --once".into())),
             };
-            top(&connect, once)
+            // Redrawing every second is for a screen; a file or a pipe
+            // gets one table, without escape codes.
+            use std::io::IsTerminal;
+            top(&connect, once || !std::io::stdout().is_terminal())
         }
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// What `ffclient cancel` names.
+enum Cancel<'a> {
+    Id(&'a str),
+    All {
+        host: Option<&'a str>,
+        dest: Option<&'a str>,
+    },
+}
+
+/// `cancel ID | --all [--host H | --dest D]`.
+fn parse_cancel(args: &[String]) -> Result<Cancel<'_>, Failure> {
+    let usage = || Failure::Usage("cancel takes one ID, or --all [--host H | --dest D]".into());
+    match args {
+        [id] if !id.starts_with('-') => return Ok(Cancel::Id(id)),
+        [] => return Err(usage()),
+        _ => {}
+    }
+    let (mut all, mut host, mut dest) = (false, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--all" => all = true,
+            "--host" => host = Some(it.next().ok_or_else(usage)?.as_str()),
+            "--dest" => dest = Some(it.next().ok_or_else(usage)?.as_str()),
+            _ => return Err(usage()),
+        }
+    }
+    if !all || (host.is_some() && dest.is_some()) {
+        return Err(usage());
+    }
+    Ok(Cancel::All { host, dest })
+}
+
+/// `one` or `many`, as `n` says.
+fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
     }
 }
 
@@ -282,9 +373,16 @@ fn unreachable_message(path: &std::path::Path, how: &str, e: &std::io::Error) ->
             "ffd seems not to be running (nothing listens there): start it with `ffd`, \
              or give its socket with --socket PATH or $FFD_SOCKET"
         }
-        ErrorKind::PermissionDenied => {
+        // Joining group ffd helps only where the socket is the system
+        // service's: a root-run foreground ffd serves root alone.
+        ErrorKind::PermissionDenied if ffclient::socket_group_is_ffd(path) => {
             "ffd may be running, but this user may not use its socket \
-             (the system socket is for group ffd: sudo usermod -aG ffd \"$USER\")"
+             (the system socket is for group ffd: sudo usermod -aG ffd \"$USER\", then log in again)"
+        }
+        ErrorKind::PermissionDenied => {
+            "ffd may be running, but this user may not use its socket: it belongs to \
+             another user (an ffd run as root in the foreground serves root only). \
+             Run your own ffd as this user, or use the system service (group ffd)"
         }
         _ => "ffd may not be running",
     };
@@ -339,6 +437,8 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
     let mut form = false;
     let mut opts: Vec<(&str, u64)> = Vec::new();
     let mut id = None;
+    let mut dest: Option<String> = None;
+    let mut path: Option<String> = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
@@ -362,12 +462,14 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
             "--data-binary" => body = Some(data_arg(&value(&a)?, false)?),
             "--json" => {
                 let d = data_arg(&value(&a)?, false)?;
-                json = Some(
-                    String::from_utf8(d)
-                        .map_err(|_| Failure::Usage("--json data is not UTF-8".into()))?,
-                );
+                let text = String::from_utf8(d)
+                    .map_err(|_| Failure::Usage("--json data is not UTF-8".into()))?;
+                check_json(&text)?;
+                json = Some(text);
             }
             "--id" => id = Some(value(&a)?),
+            "--dest" => dest = Some(value(&a)?),
+            "--path" => path = Some(value(&a)?),
             "--timeout" | "--max-attempts" | "--ttl" | "--delay" => {
                 let v = value(&a)?;
                 let n: u64 = v
@@ -387,7 +489,42 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
             _ => positional.push(a),
         }
     }
+    if dest.is_none() && path.is_some() {
+        return Err(Failure::Usage("--path goes with --dest NAME".into()));
+    }
+    if let Some(m) = &method {
+        method = Some(standard_method(m));
+    }
+    if let Some(name) = dest {
+        let m = match positional.as_slice() {
+            [] => None,
+            [m] if method.is_none() => Some(standard_method(m)),
+            _ => {
+                return Err(Failure::Usage(
+                    "with --dest, send takes no URL: [METHOD] --dest NAME [--path P]".into(),
+                ))
+            }
+        };
+        return finish_send(
+            Target::Dest(name, path.unwrap_or_default()),
+            method.or(m),
+            Parts {
+                headers,
+                body,
+                json,
+                form,
+                opts,
+                id,
+            },
+        );
+    }
     let url = match positional.as_slice() {
+        [m] if is_standard_method(m) => {
+            return Err(Failure::Usage(format!(
+                "send {m}: the URL is missing (send [METHOD] URL, e.g. send {} http://127.0.0.1:8080/hook)",
+                m.to_ascii_uppercase()
+            )))
+        }
         [url] => url.clone(),
         [m, url] => {
             if method.is_some() {
@@ -395,7 +532,7 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
                     "give the method once (-X or positional)".into(),
                 ));
             }
-            method = Some(m.clone());
+            method = Some(standard_method(m));
             url.clone()
         }
         [] => return Err(Failure::Usage("send needs a URL".into())),
@@ -407,6 +544,77 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
             "URL {url:?} has no scheme: add http:// (or https://), e.g. http://{url}"
         )));
     }
+    finish_send(
+        Target::Url(url),
+        method,
+        Parts {
+            headers,
+            body,
+            json,
+            form,
+            opts,
+            id,
+        },
+    )
+}
+
+/// Where `send` goes.
+enum Target {
+    Url(String),
+    /// A destination's name and the path appended to its URL.
+    Dest(String, String),
+}
+
+/// What `send` parsed besides its target and method.
+struct Parts {
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    json: Option<String>,
+    form: bool,
+    opts: Vec<(&'static str, u64)>,
+    id: Option<String>,
+}
+
+/// The standard methods, which ffclient takes in any case.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn is_standard_method(m: &str) -> bool {
+    STANDARD_METHODS.iter().any(|s| s.eq_ignore_ascii_case(m))
+}
+
+/// A standard method in upper case (`post` is surely meant as POST: HTTP
+/// methods are case-sensitive, and no server knows `post`); any other
+/// method as given.
+fn standard_method(m: &str) -> String {
+    if is_standard_method(m) {
+        m.to_ascii_uppercase()
+    } else {
+        m.to_string()
+    }
+}
+
+/// Checks `--json` data here: ffd would name a column of the whole
+/// protocol line, not of what the user typed.
+fn check_json(text: &str) -> Result<(), Failure> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::Usage(format!(
+            "--json is not valid JSON: {e} of the --json data"
+        ))),
+    }
+}
+
+fn finish_send(target: Target, method: Option<String>, p: Parts) -> Result<Request, Failure> {
+    let Parts {
+        headers,
+        body,
+        json,
+        form,
+        opts,
+        id,
+    } = p;
     if body.is_some() && json.is_some() {
         return Err(Failure::Usage(
             "give one of -d/--data-binary and --json".into(),
@@ -414,7 +622,10 @@ fn parse_send(args: Vec<String>) -> Result<Request, Failure> {
     }
     let has_body = body.is_some() || json.is_some();
     let method = method.unwrap_or_else(|| if has_body { "POST" } else { "GET" }.into());
-    let mut req = Request::new(&method, &url);
+    let mut req = match &target {
+        Target::Url(url) => Request::new(&method, url),
+        Target::Dest(name, path) => Request::dest(&method, name, path),
+    };
     let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     if form && !has("content-type") {
         req = req.header("content-type", "application/x-www-form-urlencoded");
@@ -475,8 +686,9 @@ fn send_stdin(mut client: Client) -> Result<ExitCode, Failure> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "ffclient: {} of {count} requests rejected",
-            report.rejected.len()
+            "ffclient: {} of {count} {} rejected",
+            report.rejected.len(),
+            plural(count as u64, "request", "requests")
         );
         Ok(ExitCode::from(EXIT_REJECTED))
     }

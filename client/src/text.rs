@@ -112,12 +112,7 @@ pub fn top_text(st: &serde_json::Value, now: u64, clear: bool) -> String {
 /// A UTC time of day and how far from now: `12:00:01 UTC (3 min ago)`.
 pub fn when(at: u64) -> String {
     let now = now_ms().unwrap_or(at);
-    let clock = format!(
-        "{:02}:{:02}:{:02} UTC",
-        at / 3_600_000 % 24,
-        at / 60_000 % 60,
-        at / 1000 % 60
-    );
+    let clock = clock(at);
     let days = (at / 86_400_000).abs_diff(now / 86_400_000);
     let day = if days == 0 {
         String::new()
@@ -133,6 +128,34 @@ pub fn when(at: u64) -> String {
     } else {
         format!("{clock}{day}, {} ago", human_ms(now - at))
     }
+}
+
+/// `ffclient dead` for a person: a line per dead letter (its id and
+/// summary), its request below it.
+pub fn dead_text(list: &serde_json::Value) -> String {
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return "no dead letters\n".into();
+    }
+    let n = items.len();
+    let mut out = format!(
+        "{n} dead letter{}, oldest first:\n",
+        if n == 1 { "" } else { "s" }
+    );
+    for d in &items {
+        let mut id = d["id"].as_str().unwrap_or("?").to_string();
+        if let Some(o) = d["owner"].as_u64() {
+            id = format!("{id} (uid {o})");
+        }
+        out.push_str(&format!("{id}  {}\n", status_summary(d)));
+        if let (Some(m), Some(u)) = (d["method"].as_str(), d["url"].as_str()) {
+            out.push_str(&format!("    {m} {u}\n"));
+        }
+        if let Some(f) = d["finished_ms"].as_u64() {
+            out.push_str(&format!("    finished {}\n", when(f)));
+        }
+    }
+    out
 }
 
 /// `ffclient status ID` for a person: the summary, then the details.
@@ -216,13 +239,14 @@ pub fn stats_text(st: &serde_json::Value) -> String {
             .unwrap_or_else(|| "-".into())
     );
     out.push_str(&format!(
-        "since start ({}): {} accepted, {} delivered, {} retried, {} dead, {} expired, {} duplicates\n",
+        "since start ({}): {} accepted, {} delivered, {} retried, {} dead, {} expired, {} cancelled, {} duplicates\n",
         human_ms(n("uptime_ms")),
         n("accepted"),
         n("delivered"),
         n("retried"),
         n("dead"),
         n("expired"),
+        n("cancelled"),
         n("duplicates")
     ));
     let rejected: Vec<String> = st["rejected"]
@@ -237,14 +261,15 @@ pub fn stats_text(st: &serde_json::Value) -> String {
     }
     let sp = &st["spool"];
     out.push_str(&format!(
-        "spool: {} ({} bytes{}), {} connections\n",
+        "spool: {} ({} bytes{}), {} connection{}\n",
         sp["mode"].as_str().unwrap_or("?"),
         sp["bytes"],
         sp["dir"]
             .as_str()
             .map(|d| format!(" in {d}"))
             .unwrap_or_default(),
-        n("connections")
+        n("connections"),
+        if n("connections") == 1 { "" } else { "s" }
     ));
     let now = now_ms().unwrap_or(0);
     for h in st["hosts"].as_array().into_iter().flatten() {
@@ -295,19 +320,16 @@ pub fn status_summary(st: &serde_json::Value) -> String {
             format!("{n} attempts")
         }
     };
-    if let Some(words) = batch_summary(st, state, attempts, max) {
-        return words;
-    }
-    match state {
+    let summary = batch_summary(st, state, attempts, max).unwrap_or_else(|| match state {
         "waiting" if attempts > 0 => {
             let next = match (st["next_attempt_ms"].as_u64(), now_ms()) {
                 (Some(at), Some(now)) => format!(", next in {}", human_ms(at.saturating_sub(now))),
                 _ => String::new(),
             };
             let hint = if st["last_status"].as_u64() == Some(501) {
-                " (the server does not take this method: python3 -m http.server answers POST with 501)"
+                not_implemented_hint(st["method"].as_str())
             } else {
-                ""
+                String::new()
             };
             format!("retrying: {last} (attempt {attempts} of {max}{next}){hint}")
         }
@@ -326,7 +348,24 @@ pub fn status_summary(st: &serde_json::Value) -> String {
             "expired: its ttl ran out after {}; last {last}",
             tries(attempts)
         ),
+        "cancelled" if last.is_empty() => {
+            format!("cancelled: after {}", tries(attempts))
+        }
+        "cancelled" => format!("cancelled: after {}; last {last}", tries(attempts)),
         other => other.to_string(),
+    });
+    // A paused host holds its queue: said first, with when it ends.
+    match st["host_paused_until_ms"].as_u64() {
+        Some(until) if matches!(state, "queued" | "waiting") => {
+            let failures = st["host_failures"].as_u64().unwrap_or(0);
+            let after = match failures {
+                0 => String::new(),
+                1 => " after 1 failure".into(),
+                n => format!(" after {n} failures"),
+            };
+            format!("held: host paused until {}{after}; {summary}", clock(until))
+        }
+        _ => summary,
     }
 }
 
@@ -370,6 +409,29 @@ fn batch_summary(st: &serde_json::Value, state: &str, attempts: u64, max: u64) -
         ("waiting", "queued") => "queued: waiting for a batch".into(),
         _ => return None,
     })
+}
+
+/// What a 501 says: the server does not take the method that was sent.
+/// `python3 -m http.server` (which answers POST with 501) is named only
+/// for a POST: for a GET it would send the reader the wrong way.
+fn not_implemented_hint(method: Option<&str>) -> String {
+    match method {
+        Some("POST") => {
+            " (the server does not take POST: python3 -m http.server answers POST with 501)".into()
+        }
+        Some(m) => format!(" (the server does not take {m}: it answers {m} with 501)"),
+        None => " (the server does not take this request's method)".into(),
+    }
+}
+
+/// A UTC time of day: `14:13:07 UTC`.
+pub fn clock(at: u64) -> String {
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        at / 3_600_000 % 24,
+        at / 60_000 % 60,
+        at / 1000 % 60
+    )
 }
 
 /// Unix milliseconds now.
@@ -427,6 +489,45 @@ pub fn reason(code: u64) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paused_host_is_said_first_with_the_pause_end() {
+        let st = serde_json::json!({"state": "queued", "attempts": 0, "max_attempts": 10,
+            "host_paused_until_ms": 51_187_000u64, "host_failures": 5});
+        assert_eq!(
+            status_summary(&st),
+            "held: host paused until 14:13:07 UTC after 5 failures; queued: not sent yet"
+        );
+    }
+
+    #[test]
+    fn the_501_hint_names_the_method_sent_and_http_server_only_for_post() {
+        let st = |m: &str| {
+            serde_json::json!({"state": "waiting", "attempts": 1, "max_attempts": 10,
+            "last_status": 501, "method": m})
+        };
+        let get = status_summary(&st("GET"));
+        assert!(get.contains("does not take GET"), "{get}");
+        assert!(!get.contains("http.server"), "{get}");
+        let post = status_summary(&st("POST"));
+        assert!(
+            post.contains("does not take POST: python3 -m http.server"),
+            "{post}"
+        );
+    }
+
+    #[test]
+    fn plurals_are_right() {
+        let st = serde_json::json!({"connections": 1, "spool": {"mode": "disk", "bytes": 0}});
+        assert!(
+            stats_text(&st).contains(", 1 connection\n"),
+            "{}",
+            stats_text(&st)
+        );
+        let st = serde_json::json!({"connections": 2, "spool": {"mode": "disk", "bytes": 0}});
+        assert!(stats_text(&st).contains(", 2 connections\n"));
+        assert_eq!(dead_text(&serde_json::json!([])), "no dead letters\n");
+    }
 
     #[test]
     fn stats_say_how_much_of_the_queue_is_paged_out_when_some_is() {

@@ -97,3 +97,43 @@ fn unreachable_daemon_says_which_path_how_it_was_chosen_and_not_running() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("given with --socket"), "{err}");
 }
+
+#[test]
+fn invalid_json_is_refused_here_with_its_place_in_the_users_text() {
+    let out = ffclient(&[
+        "--socket",
+        "/nonexistent/ffd.sock",
+        "send",
+        "http://127.0.0.1:8080/",
+        "--json",
+        "{bad",
+    ]);
+    // Exit 2 before any connection (the socket does not exist: 4 otherwise).
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--json is not valid JSON"), "{err}");
+    assert!(err.contains("line 1 column 2 of the --json data"), "{err}");
+}
+
+#[test]
+fn send_with_a_method_and_no_url_says_the_url_is_missing() {
+    for m in ["POST", "post"] {
+        let out = ffclient(&["send", m]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the URL is missing"), "{err}");
+        assert!(!err.contains("no scheme"), "{err}");
+    }
+}
+
+#[test]
+fn help_names_the_fallback_socket_and_top_once() {
+    let out = ffclient(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/tmp/ffd-UID/ffd.sock"), "{text}");
+    assert!(text.contains("--once"), "{text}");
+    assert!(
+        text.contains("send [METHOD] --dest NAME [--path P]"),
+        "{text}"
+    );
+}

@@ -318,6 +318,7 @@ pub fn spool_check(dir: &std::path::Path, json: bool) -> Result<bool> {
         println!("  records          {}", r.records);
         println!("  pending          {}", r.pending);
         println!("  dead letters     {}", r.dead);
+        println!("  cancelled        {}", r.cancelled);
         println!("  corrupt records  {}", r.corrupt_records);
         println!("  torn tail bytes  {}", r.torn_bytes);
         for f in &r.bad_files {

@@ -15,7 +15,9 @@ struct Cli {
     /// TOML config file (see ffd.example.toml); flags override it.
     #[arg(long, short = 'c', value_name = "FILE", env = "FFD_CONFIG")]
     config: Option<PathBuf>,
-    /// Unix socket path.
+    /// Unix socket path [default: /run/ffd/ffd.sock as root, else
+    /// $XDG_RUNTIME_DIR/ffd.sock, else /tmp/ffd-UID/ffd.sock when
+    /// $XDG_RUNTIME_DIR is unset]
     #[arg(long, value_name = "PATH", env = "FFD_SOCKET")]
     socket: Option<PathBuf>,
     /// Spool directory.

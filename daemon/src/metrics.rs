@@ -30,7 +30,7 @@ pub fn result_index(result: &str) -> Option<usize> {
 }
 
 /// The `state` label values of `ffd_requests_finished_total`.
-pub const FINISHED: [&str; 3] = ["delivered", "dead", "expired"];
+pub const FINISHED: [&str; 4] = ["delivered", "dead", "expired", "cancelled"];
 
 /// Every metric ffd exports.
 pub struct Metrics {

@@ -68,7 +68,19 @@ pub enum Listener {
 
 /// Serves the endpoint until ffd exits.
 pub async fn serve(listener: Listener, engine: Arc<Engine>, mut shutdown: Shutdown) {
-    info!("metrics and health endpoint listening");
+    // The address, as bound (port 0 becomes the real one): where to scrape.
+    let addr = match &listener {
+        Listener::Tcp(l) => l
+            .local_addr()
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_default(),
+        Listener::Unix(l) => l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+            .unwrap_or_default(),
+    };
+    info!(listen = %addr, "metrics and health endpoint listening on {addr}");
     loop {
         let accepted = tokio::select! {
             a = accept(&listener) => a,

@@ -85,6 +85,11 @@ fn metrics_parse_and_agree_with_stats_after_delivered_dead_and_expired() {
     let d = Daemon::start(&format!(
         "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\nbreaker_threshold = 1000\n"
     ));
+    // The start-up line says where to scrape.
+    d.wait_log(
+        &format!("metrics and health endpoint listening on http://127.0.0.1:{port}/metrics"),
+        T,
+    );
     let mut c = d.client();
     c.send(&Request::get(&sink.url("/ok"))).unwrap();
     c.send(&Request::get(&sink.url("/gone"))).unwrap();
@@ -291,8 +296,13 @@ fn status_reads_as_words_keeps_a_delivered_request_and_tells_a_pause() {
     let first = d.client().send(&Request::get(&sink.url("/down"))).unwrap();
     d.wait_stats("paused", T, |s| s["hosts"][0]["paused"] == true);
     let text = ffclient(&d, &["status", &first]);
-    assert!(text.starts_with("retrying: HTTP 503"), "{text}");
-    assert!(text.contains("paused until"), "{text}");
+    // The summary says first that its host is paused, and until when.
+    let summary = text.lines().next().unwrap();
+    assert!(
+        summary.starts_with("held: host paused until ") && summary.contains("after 1 failure;"),
+        "{text}"
+    );
+    assert!(summary.contains("retrying: HTTP 503"), "{text}");
     assert!(text.contains("last attempts"), "{text}");
     let raw: Value = serde_json::from_str(&ffclient(&d, &["status", &first, "--json"])).unwrap();
     assert_eq!(raw["last_attempts"][0]["status"], 503, "{raw}");

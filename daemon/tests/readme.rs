@@ -120,6 +120,22 @@ fn same_request_from_library_cli_python_and_bash_arrives_identical() {
 /// where that user can read it.
 #[test]
 fn readme_snippets_find_the_socket_as_an_ordinary_user() {
+    snippets_as_an_ordinary_user(true);
+}
+
+/// As an ordinary user whose `$XDG_RUNTIME_DIR` is unset (a `su` or `ssh`
+/// session without a login manager): ffd's socket is then
+/// `$TMPDIR/ffd-UID/ffd.sock` (`/tmp` without `$TMPDIR`), and every
+/// snippet must find it there.
+#[test]
+fn readme_snippets_find_the_socket_with_xdg_runtime_dir_unset() {
+    snippets_as_an_ordinary_user(false);
+}
+
+/// The snippets as `nobody` (as root) or as this user: with
+/// `$XDG_RUNTIME_DIR` the test's dir (`xdg`), or unset, with `$TMPDIR` the
+/// test's `tmp` (where `TMPDIR/ffd-UID/ffd.sock` leads to the socket).
+fn snippets_as_an_ordinary_user(xdg: bool) {
     let sink = Sink::start();
     let root = is_root();
     // The test's temp dir is the user's runtime dir: the socket is DIR/ffd.sock.
@@ -137,6 +153,20 @@ fn readme_snippets_find_the_socket_as_an_ordinary_user() {
     std::fs::create_dir_all(&bindir).unwrap();
     std::fs::copy(bin("ffclient"), bindir.join("ffclient")).unwrap();
     open_to_all(&[&lib, &bindir]);
+    let uid = if root {
+        65534
+    } else {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
+    };
+    let tmp = d.dir.join("tmp");
+    if !xdg {
+        // Where ffd run by that user without $XDG_RUNTIME_DIR listens.
+        let own = tmp.join(format!("ffd-{uid}"));
+        std::fs::create_dir_all(&own).unwrap();
+        std::os::unix::fs::symlink(&d.socket, own.join("ffd.sock")).unwrap();
+        open_to_all(&[&tmp]);
+    }
 
     for (tag, prog, flag) in SNIPPETS {
         let code = readme_block(tag).replace("http://127.0.0.1:8080", &base);
@@ -152,14 +182,18 @@ fn readme_snippets_find_the_socket_as_an_ordinary_user() {
         } else {
             Command::new(prog)
         };
-        let out = cmd
-            .args([flag, &code])
+        cmd.args([flag, &code])
             .env_clear()
             .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()))
             .env("HOME", "/tmp")
-            .env("XDG_RUNTIME_DIR", &d.dir)
             .env("PYTHONPATH", &lib)
-            .current_dir("/")
+            .current_dir("/");
+        if xdg {
+            cmd.env("XDG_RUNTIME_DIR", &d.dir);
+        } else {
+            cmd.env("TMPDIR", &tmp);
+        }
+        let out = cmd
             .output()
             .expect("setpriv (util-linux), python3, socat, nc");
         check_output(tag, &out);
@@ -245,6 +279,25 @@ fn first_try_receiver_prints_the_post_and_status_says_how_it_went() {
     let printed = lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(printed, r#"POST /hook?src=readme {"user":42}"#);
     // It prints before it answers: stop it only once ffd has the answer.
+    let status = wait_status(&sock, &id, "delivered");
+    assert!(
+        status.starts_with("delivered: HTTP 204 No Content after 1 attempt"),
+        "{status}"
+    );
+    // A send without a body goes out as GET: the receiver takes it too.
+    let out = Command::new(bin("ffclient"))
+        .args([
+            "--socket",
+            &sock,
+            "send",
+            &format!("http://127.0.0.1:{port}/ping?src=readme"),
+        ])
+        .output()
+        .unwrap();
+    check_output("ffclient send (GET)", &out);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let printed = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(printed, "GET /ping?src=readme ");
     let status = wait_status(&sock, &id, "delivered");
     drop(rx);
     assert!(
@@ -357,4 +410,17 @@ fn readme_webhook_receiver_verifies_a_signed_delivery() {
     });
     let _ = receiver.kill();
     let _ = receiver.wait();
+}
+
+/// The fallback socket without `$XDG_RUNTIME_DIR` is said where a user
+/// looks: `ffd --help`, `ffclient --help` and the README.
+#[test]
+fn the_temp_dir_socket_fallback_is_documented() {
+    for b in ["ffd", "ffclient"] {
+        let out = Command::new(bin(b)).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("/tmp/ffd-UID/ffd.sock"), "{b} --help: {text}");
+    }
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(readme.contains("`/tmp/ffd-UID/ffd.sock` when `$XDG_RUNTIME_DIR` is unset"));
 }

@@ -569,6 +569,8 @@ fn ffclient_exit_codes() {
         .args(["--socket", &sock, "send", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        // Checked below, not left to stray into the test output.
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let input = format!(
@@ -585,6 +587,10 @@ fn ffclient_exit_codes() {
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "ffclient: 1 of 3 requests rejected"
+    );
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[1].starts_with("error bad_json"), "{text}");
     assert_eq!(lines[0].len(), 26);

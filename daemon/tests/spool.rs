@@ -377,6 +377,9 @@ fn an_unreadable_segment_is_set_aside_never_deleted() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("format version 9"));
     d.restart();
     d.wait_stats("replayed", T, |s| s["queued"] == 1);
+    // Set aside once replay has read every segment, which may be just
+    // after the request it streamed is queued.
+    d.wait_log("set aside", T);
     assert!(!alien.exists());
     assert_eq!(
         std::fs::read(d.spool.join("0000000000000000.seg.bad"))

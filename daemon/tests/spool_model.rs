@@ -302,7 +302,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (1u8..=4).prop_map(Op::Append),
-        6 => (any::<u16>(), 0u8..3).prop_map(|(k, o)| Op::Finish(k, o)),
+        6 => (any::<u16>(), 0u8..4).prop_map(|(k, o)| Op::Finish(k, o)),
         3 => Just(Op::Flush),
         3 => Just(Op::Compact),
         2 => (1u8..4).prop_map(Op::FailAt),
@@ -344,6 +344,7 @@ fn kind_code(k: Kind) -> u8 {
         Kind::Dead => 2,
         Kind::Expired => 3,
         Kind::Purged => 4,
+        Kind::Cancelled => 5,
     }
 }
 
@@ -517,7 +518,7 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
                 }
                 let id = &open[*k as usize % open.len()];
                 let t = m.live.get_mut(id).unwrap();
-                let kind = [Kind::Delivered, Kind::Dead, Kind::Retry][*o as usize];
+                let kind = [Kind::Delivered, Kind::Dead, Kind::Retry, Kind::Cancelled][*o as usize];
                 let state = Outcome::after_attempt(
                     kind,
                     t.state.attempts + 1,
@@ -530,7 +531,7 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
                 spool.record(id, Some(t.loc), state.clone());
                 t.kinds.insert(kind_code(kind));
                 t.state = state;
-                if kind == Kind::Delivered {
+                if kind.finished() {
                     t.finished = true;
                     m.unwritten.push(id.clone());
                 }

@@ -269,3 +269,43 @@ fn peers_outside_allowed_uids_and_gids_are_forbidden() {
     d.client().ping().unwrap();
     assert_eq!(d.stats()["rejected"]["forbidden"], 2);
 }
+
+/// Every `file://` page a unit's `Documentation=` names is one the README's
+/// install steps put there (a link to nothing helps no one).
+#[test]
+fn the_units_documentation_is_installed_by_the_readme() {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{repo}/README.md")).unwrap();
+    let mut checked = 0;
+    for unit in [
+        "systemd/ffd.service",
+        "systemd/ffd.socket",
+        "systemd/user/ffd.service",
+        "systemd/user/ffd.socket",
+    ] {
+        let text = std::fs::read_to_string(format!("{repo}/{unit}")).unwrap();
+        for doc in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Documentation="))
+            .flat_map(str::split_whitespace)
+        {
+            if let Some(path) = doc.strip_prefix("file://") {
+                let installed = readme.lines().any(|l| {
+                    l.trim_start().starts_with("sudo install")
+                        && l.split_whitespace().any(|w| w == path)
+                });
+                assert!(
+                    installed,
+                    "{unit}: Documentation={doc} is not installed by the README"
+                );
+                checked += 1;
+            } else {
+                assert!(
+                    doc.starts_with("https://") || doc.starts_with("man:"),
+                    "{unit}: {doc}"
+                );
+            }
+        }
+    }
+    assert!(checked > 0, "the system unit names its installed README");
+}

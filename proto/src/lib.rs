@@ -11,9 +11,9 @@ mod response;
 
 pub use error::{ErrorCode, ProtoError};
 pub use request::{
-    parse_line, refused_header, validate_id, validate_url, ControlOp, HeaderRefusal, Line,
-    Selection, SendRequest, TailFilter, Target, HOP_BY_HOP, MAX_ATTEMPTS, MAX_ID_BYTES,
-    MAX_TIMEOUT_MS, TAIL_EVENTS,
+    parse_line, refused_header, validate_id, validate_url, CancelSelection, ControlOp,
+    HeaderRefusal, Line, Selection, SendRequest, TailFilter, Target, HOP_BY_HOP, MAX_ATTEMPTS,
+    MAX_ID_BYTES, MAX_TIMEOUT_MS, TAIL_EVENTS,
 };
 pub use response::{write_error, write_ok_duplicate, write_ok_id, write_ok_value, Response};
 

@@ -112,6 +112,24 @@ pub enum ControlOp {
     Purge(Selection),
     /// Stream one line per event until the connection closes.
     Tail(TailFilter),
+    /// Stop pending requests: they end `cancelled`.
+    Cancel(CancelSelection),
+}
+
+/// Which requests a `cancel` stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelSelection {
+    /// One request, by id (an admin may write `uid:id`).
+    Id(String),
+    /// Every pending request the peer may cancel, optionally only those to
+    /// one host (as `status` shows it, `scheme://host:port`) or to one
+    /// named destination.
+    All {
+        /// Only requests to this host.
+        host: Option<String>,
+        /// Only requests to this named destination.
+        dest: Option<String>,
+    },
 }
 
 /// Which events a `tail` streams (all when every field is empty).
@@ -126,13 +144,14 @@ pub struct TailFilter {
 }
 
 /// The events `tail` knows.
-pub const TAIL_EVENTS: [&str; 9] = [
+pub const TAIL_EVENTS: [&str; 10] = [
     "accepted",
     "attempt",
     "retry",
     "delivered",
     "dead",
     "expired",
+    "cancelled",
     "host_failing",
     "host_paused",
     "host_recovered",
@@ -274,11 +293,13 @@ pub fn parse_line(line: &[u8]) -> Result<Line, ProtoError> {
     }
     let raw: RawLine = serde_json::from_str(text).map_err(|e| {
         use serde_json::error::Category;
-        let code = match e.classify() {
-            Category::Data => ErrorCode::BadRequest,
-            _ => ErrorCode::BadJson,
+        let (code, mut msg) = match e.classify() {
+            // serde names neither the field nor the expectation in words,
+            // and its column is one of the protocol line, not of what the
+            // user typed: say it again, by field (the error path only).
+            Category::Data => (ErrorCode::BadRequest, explain(text, &e)),
+            _ => (ErrorCode::BadJson, e.to_string()),
         };
-        let mut msg = e.to_string();
         if msg.len() > 300 {
             let mut end = 300;
             while !msg.is_char_boundary(end) {
@@ -292,6 +313,130 @@ pub fn parse_line(line: &[u8]) -> Result<Line, ProtoError> {
     validate(raw)
 }
 
+/// The fields of a send, in the order the README lists them.
+const SEND_FIELDS: [&str; 13] = [
+    "url",
+    "dest",
+    "path",
+    "method",
+    "headers",
+    "body",
+    "body_base64",
+    "json",
+    "id",
+    "timeout_ms",
+    "max_attempts",
+    "ttl_ms",
+    "delay_ms",
+];
+
+/// The fields each control op takes besides `op`.
+fn op_fields(op: &str) -> &'static [&'static str] {
+    match op {
+        "status" => &["id"],
+        "dead" => &["limit"],
+        "replay" | "purge" => &["id", "all"],
+        "tail" => &["host", "dest", "events"],
+        "cancel" => &["id", "all", "host", "dest"],
+        _ => &[],
+    }
+}
+
+/// A value as an error message shows it: numbers and booleans as written,
+/// strings quoted and cut short, the rest by kind.
+fn shown_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => show(s),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// What a field of the protocol expects, as words, if `v` is not it.
+fn mismatch(field: &str, v: &serde_json::Value) -> Option<&'static str> {
+    use serde_json::Value;
+    if v.is_null() {
+        return None;
+    }
+    let int_in = |max: u64| v.as_u64().is_none_or(|n| n > max);
+    match field {
+        "url" | "dest" | "path" | "method" | "body" | "body_base64" | "id" | "host" => {
+            (!v.is_string()).then_some("a string")
+        }
+        "timeout_ms" | "ttl_ms" | "delay_ms" => {
+            int_in(u64::MAX).then_some("a non-negative integer")
+        }
+        "max_attempts" => int_in(u32::MAX as u64).then_some("a non-negative integer"),
+        "limit" => int_in(usize::MAX as u64).then_some("a non-negative integer"),
+        "all" => (!v.is_boolean()).then_some("true or false"),
+        "events" => {
+            let ok = v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+            (!ok).then_some("a list of strings")
+        }
+        "headers" => {
+            let pair = |p: &Value| {
+                p.as_array()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(Value::is_string))
+            };
+            let ok = match v {
+                Value::Object(m) => m.values().all(Value::is_string),
+                Value::Array(a) => a.iter().all(pair),
+                _ => false,
+            };
+            (!ok).then_some("an object of string values, or a list of [name, value] string pairs")
+        }
+        _ => None,
+    }
+}
+
+/// A data error of serde said again by field: which field, what it
+/// expects, what it got; an unknown field with the fields this kind of
+/// line takes. Falls back to serde's words, without the position.
+fn explain(text: &str, e: &serde_json::Error) -> String {
+    let serde_words = || {
+        let m = e.to_string();
+        match m.rfind(" at line ") {
+            Some(i) => m[..i].to_string(),
+            None => m,
+        }
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return serde_words();
+    };
+    let op = map.get("op").and_then(|v| v.as_str());
+    let known: Vec<&str> = match op {
+        None => SEND_FIELDS.to_vec(),
+        Some(op) => op_fields(op).to_vec(),
+    };
+    for (k, v) in &map {
+        if k == "op" {
+            continue;
+        }
+        if !SEND_FIELDS.contains(&k.as_str())
+            && !["limit", "all", "host", "events"].contains(&k.as_str())
+        {
+            let what = match op {
+                None => "a send".to_string(),
+                Some(op) => format!("op `{op}`"),
+            };
+            let list = if known.is_empty() {
+                "no other fields".to_string()
+            } else {
+                known.join(", ")
+            };
+            return format!("unknown field {}: {what} takes {list}", show(k));
+        }
+        if let Some(expected) = mismatch(k, v) {
+            return format!("{k}: expected {expected}, got {}", shown_value(v));
+        }
+    }
+    serde_words()
+}
+
 fn validate(raw: RawLine) -> Result<Line, ProtoError> {
     match raw.op {
         Some(op) => validate_op(op, raw).map(Line::Op),
@@ -302,10 +447,11 @@ fn validate(raw: RawLine) -> Result<Line, ProtoError> {
 fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
     let name: String = serde_json::from_str(op.get())
         .map_err(|_| ProtoError::bad_request("field `op` must be a string"))?;
-    let is_tail = name == "tail";
+    // `tail` and `cancel` take `dest` as a filter, not as a target.
+    let takes_dest = name == "tail" || name == "cancel";
     let send_field = [
         ("url", raw.url.is_some()),
-        ("dest", raw.dest.is_some() && !is_tail),
+        ("dest", raw.dest.is_some() && !takes_dest),
         ("path", raw.path.is_some()),
         ("method", raw.method.is_some()),
         ("headers", raw.headers.is_some()),
@@ -390,9 +536,46 @@ fn validate_op(op: &RawValue, raw: RawLine) -> Result<ControlOp, ProtoError> {
                 events,
             }))
         }
+        "cancel" => {
+            no_extra(&["id", "all", "host"])?;
+            cancel_selection(raw)
+        }
         other => Err(ProtoError::new(
             ErrorCode::UnknownOp,
-            format!("unknown op `{other}` (known: ping, stats, status, dead, replay, purge, tail)"),
+            format!(
+                "unknown op `{other}` (known: ping, stats, status, dead, replay, purge, tail, cancel)"
+            ),
+        )),
+    }
+}
+
+/// `cancel`: one `id`, or `"all": true` with at most one of `host` and `dest`.
+fn cancel_selection(raw: RawLine) -> Result<ControlOp, ProtoError> {
+    let dest = raw.dest.map(Str::into_owned);
+    match (raw.id.map(Str::into_owned), raw.all) {
+        (Some(_), Some(true)) => Err(ProtoError::bad_request(
+            "op `cancel` takes `id` or `all`, not both",
+        )),
+        (Some(_), _) if raw.host.is_some() || dest.is_some() => Err(ProtoError::bad_request(
+            "op `cancel` takes `host` or `dest` only with `\"all\": true`",
+        )),
+        (Some(id), _) => Ok(ControlOp::Cancel(CancelSelection::Id(id))),
+        (None, Some(true)) => {
+            if raw.host.is_some() && dest.is_some() {
+                return Err(ProtoError::bad_request(
+                    "op `cancel` takes `host` or `dest`, not both",
+                ));
+            }
+            if let Some(name) = &dest {
+                validate_dest_name(name)?;
+            }
+            Ok(ControlOp::Cancel(CancelSelection::All {
+                host: raw.host,
+                dest,
+            }))
+        }
+        _ => Err(ProtoError::bad_request(
+            "op `cancel` needs `id` or `\"all\": true`",
         )),
     }
 }
@@ -887,6 +1070,90 @@ mod tests {
                 "{}",
                 e.message
             );
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field_and_what_it_expects() {
+        let e = err(r#"{"url":"http://h/","delay_ms":-5}"#);
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(
+            e.message,
+            "delay_ms: expected a non-negative integer, got -5"
+        );
+        let e = err(r#"{"url":"http://h/","timeout_ms":"5"}"#);
+        assert_eq!(
+            e.message,
+            r#"timeout_ms: expected a non-negative integer, got "5""#
+        );
+        let e = err(r#"{"url":7}"#);
+        assert_eq!(e.message, "url: expected a string, got 7");
+        let e = err(r#"{"op":"cancel","all":"yes"}"#);
+        assert_eq!(e.message, r#"all: expected true or false, got "yes""#);
+        let e = err(r#"{"url":"http://h/","headers":{"a":1}}"#);
+        assert!(e.message.starts_with("headers: expected"), "{}", e.message);
+        // No column of the protocol line: it means nothing to whoever
+        // typed only the value.
+        assert!(!e.message.contains("column"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_unknown_field_list_of_a_send_names_send_fields_only() {
+        let e = err(r#"{"url":"http://h/","urll":"x"}"#);
+        assert!(
+            e.message
+                .starts_with(r#"unknown field "urll": a send takes url, dest, path"#),
+            "{}",
+            e.message
+        );
+        for op_field in ["limit", "all", "host", "events"] {
+            assert!(!e.message.contains(op_field), "{}", e.message);
+        }
+        let e = err(r#"{"op":"status","idd":"x"}"#);
+        assert_eq!(e.message, r#"unknown field "idd": op `status` takes id"#);
+    }
+
+    #[test]
+    fn cancel_takes_an_id_or_all_with_a_host_or_a_dest() {
+        let op = |l: &str| match parse_line(l.as_bytes()) {
+            Ok(Line::Op(op)) => op,
+            other => panic!("{l}: {other:?}"),
+        };
+        assert_eq!(
+            op(r#"{"op":"cancel","id":"a"}"#),
+            ControlOp::Cancel(CancelSelection::Id("a".into()))
+        );
+        assert_eq!(
+            op(r#"{"op":"cancel","all":true}"#),
+            ControlOp::Cancel(CancelSelection::All {
+                host: None,
+                dest: None
+            })
+        );
+        assert_eq!(
+            op(r#"{"op":"cancel","all":true,"host":"http://127.0.0.1:8080"}"#),
+            ControlOp::Cancel(CancelSelection::All {
+                host: Some("http://127.0.0.1:8080".into()),
+                dest: None
+            })
+        );
+        assert_eq!(
+            op(r#"{"op":"cancel","all":true,"dest":"hooks"}"#),
+            ControlOp::Cancel(CancelSelection::All {
+                host: None,
+                dest: Some("hooks".into())
+            })
+        );
+        for bad in [
+            r#"{"op":"cancel"}"#,
+            r#"{"op":"cancel","all":false}"#,
+            r#"{"op":"cancel","id":"a","all":true}"#,
+            r#"{"op":"cancel","id":"a","host":"h"}"#,
+            r#"{"op":"cancel","all":true,"host":"h","dest":"d"}"#,
+            r#"{"op":"cancel","all":true,"limit":3}"#,
+            r#"{"op":"cancel","all":true,"url":"http://h/"}"#,
+        ] {
+            assert_eq!(err(bad).code, ErrorCode::BadRequest, "{bad}");
         }
     }
 

@@ -7,7 +7,6 @@ import json as _json
 import os
 import select
 import socket as _socket
-import tempfile
 import threading
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -36,10 +35,11 @@ _ENCODER = _json.JSONEncoder(separators=(",", ":"))
 def default_socket() -> Tuple[str, str]:
     """The socket path and how it was chosen, by ffclient's and ffd's rule.
 
-    `$FFD_SOCKET`; else, as root, the system socket; else
-    `$XDG_RUNTIME_DIR/ffd.sock` when it exists (your user's ffd); else the
-    system socket when it exists (the system service, for group `ffd`); else
-    `$XDG_RUNTIME_DIR/ffd.sock`, where a user's ffd would listen.
+    `$FFD_SOCKET`; else, as root, the system socket; else your user's
+    socket when it exists (`$XDG_RUNTIME_DIR/ffd.sock`, or
+    `/tmp/ffd-UID/ffd.sock` when `$XDG_RUNTIME_DIR` is unset, where ffd
+    listens then); else the system socket when it exists (the system
+    service, for group `ffd`); else your user's socket.
     """
     env = os.environ.get("FFD_SOCKET")
     if env:
@@ -47,15 +47,18 @@ def default_socket() -> Tuple[str, str]:
     if os.geteuid() == 0:
         return SYSTEM_SOCKET, "the system socket, as root ($FFD_SOCKET is not set)"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    user = os.path.join(runtime, "ffd.sock") if runtime else None
-    if user and os.path.exists(user):
-        return user, "your user's socket in $XDG_RUNTIME_DIR"
+    if runtime:
+        user, where = os.path.join(runtime, "ffd.sock"), "in $XDG_RUNTIME_DIR"
+    else:
+        # As ffd does: Rust's temp dir is $TMPDIR, else /tmp.
+        tmp = os.environ.get("TMPDIR") or "/tmp"
+        user = os.path.join(tmp, f"ffd-{os.geteuid()}", "ffd.sock")
+        where = "in the temp dir ($XDG_RUNTIME_DIR is not set)"
+    if os.path.exists(user):
+        return user, f"your user's socket {where}"
     if os.path.exists(SYSTEM_SOCKET):
-        return SYSTEM_SOCKET, "the system socket: there is no ffd.sock in $XDG_RUNTIME_DIR"
-    if user:
-        return user, "your user's socket in $XDG_RUNTIME_DIR (no system socket either)"
-    tmp = os.path.join(tempfile.gettempdir(), f"ffd-{os.geteuid()}", "ffd.sock")
-    return tmp, "the temp dir: $XDG_RUNTIME_DIR is not set"
+        return SYSTEM_SOCKET, f"the system socket: there is no user socket {where}"
+    return user, f"your user's socket {where} (no system socket either)"
 
 
 class FfdError(Exception):
@@ -71,6 +74,18 @@ class Rejected(FfdError):
         self.message = message
 
 
+def _group_is_ffd(path: str) -> bool:
+    """Whether the socket's group (or, unseen, its directory's) is `ffd`."""
+    import grp
+
+    for p in (path, os.path.dirname(path) or "/"):
+        try:
+            return grp.getgrgid(os.stat(p).st_gid).gr_name == "ffd"
+        except (OSError, KeyError):
+            continue
+    return False
+
+
 class Unreachable(FfdError):
     """No ffd answers on the socket: not running, wrong path or no permission."""
 
@@ -83,10 +98,17 @@ class Unreachable(FfdError):
                 "ffd seems not to be running (nothing listens there): start it with `ffd`, "
                 "or set $FFD_SOCKET to the socket it listens on"
             )
-        elif error.errno in (errno.EACCES, errno.EPERM):
+        elif error.errno in (errno.EACCES, errno.EPERM) and _group_is_ffd(path):
             hint = (
                 "ffd may be running, but this user may not use its socket "
-                "(the system socket is for group ffd)"
+                "(the system socket is for group ffd: join it)"
+            )
+        elif error.errno in (errno.EACCES, errno.EPERM):
+            # Joining group ffd helps only with the system service's socket.
+            hint = (
+                "ffd may be running, but this user may not use its socket: it belongs to "
+                "another user (an ffd run as root in the foreground serves root only); "
+                "run your own ffd, or use the system service (group ffd)"
             )
         else:
             hint = "ffd may not be running"

@@ -291,9 +291,11 @@ class AioTest(WithDaemon):
             await ffd.aio.send(self.sink.url("/warm"))  # the connection is open
             os.kill(pid, signal.SIGSTOP)
             # kill() returns before every thread has stopped: wait until they have.
-            wait_until("ffd stopped", lambda: all(
-                open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
-                for t in os.listdir(f"/proc/{pid}/task")))
+            def state(t: str) -> str:
+                with open(f"/proc/{pid}/task/{t}/stat") as f:  # closed: no ResourceWarning
+                    return f.read().rsplit(")", 1)[1].split()[0]
+
+            wait_until("ffd stopped", lambda: all(state(t) == "T" for t in os.listdir(f"/proc/{pid}/task")))
             try:
                 task = asyncio.create_task(ffd.aio.send(self.sink.url("/slow"), id="slow-1"))
                 ticks = 0

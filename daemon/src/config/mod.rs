@@ -716,9 +716,24 @@ mod tests {
         assert_eq!(cfg.delivery.backoff_base_ms, def.delivery.backoff_base_ms);
         assert_eq!(cfg.spool.max_bytes, def.spool.max_bytes);
         assert_eq!(cfg.max_line_bytes, def.max_line_bytes);
-        assert!(cfg.destinations.contains_key("hooks"));
+        // A copied example delivers nowhere: its destination is commented out.
+        assert!(cfg.destinations.is_empty());
         assert_eq!(cfg.policy.deny, def.policy.deny);
         assert_eq!(cfg.policy.raw_urls, def.policy.raw_urls);
+        // Uncommented (`#key` lines), the example destination is valid.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg: Config = toml::from_str(&uncommented).expect("uncommented example");
+        cfg.validate().expect("uncommented example is valid");
         let hooks = &cfg.destinations["hooks"];
         assert!(hooks.signing_keys("hooks").unwrap().is_empty());
         assert_eq!(hooks.backoff_base_ms, Some(def.delivery.backoff_base_ms));

@@ -2,6 +2,7 @@
 //! and renders its answer (as mini-redis's `cmd/*.rs` do), so adding an op
 //! touches one file and the `match` below.
 
+mod cancel;
 mod dead;
 mod ping;
 mod purge;
@@ -55,6 +56,7 @@ pub fn handle(op: ControlOp, engine: &Engine, peer: Peer, out: &mut Vec<u8>) {
         ControlOp::Dead { limit } => dead::run(engine, peer, limit),
         ControlOp::Replay(sel) => replay::run(engine, peer, &sel),
         ControlOp::Purge(sel) => purge::run(engine, peer, &sel),
+        ControlOp::Cancel(sel) => cancel::run(engine, peer, &sel),
         // Taken over by the connection (it streams); never answered here.
         ControlOp::Tail(_) => Err(ProtoError::new(
             ffd_proto::ErrorCode::Internal,
@@ -108,6 +110,7 @@ fn entry_json(v: &EntryView) -> Value {
         "last_error": v.last_error,
         "response": v.response,
         "host_paused_until_ms": v.host_paused_until_ms,
+        "host_failures": v.host_failures,
         "last_attempts": v.last_attempts,
         "batch": v.batch,
     })

@@ -52,6 +52,7 @@ pub fn run(engine: &Engine) -> Answer {
             "retried": s.retried,
             "dead": s.dead,
             "expired": s.expired,
+            "cancelled": engine.metrics.finished_count("cancelled"),
             "queued": s.queued,
             "paged_out": s.paged_out,
             "in_flight": s.in_flight,

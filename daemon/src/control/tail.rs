@@ -63,7 +63,7 @@ impl Tail {
 
 /// `host` as given (`h`, `h:port` or `scheme://h:port`) against a host key
 /// (`scheme://h:port`).
-fn host_matches(key: &str, want: &str) -> bool {
+pub(super) fn host_matches(key: &str, want: &str) -> bool {
     // A destination's lane is `scheme://host:port (dest NAME)`.
     let key = key.split_once(" (dest ").map_or(key, |(k, _)| k);
     if key == want {

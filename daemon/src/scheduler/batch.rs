@@ -645,9 +645,18 @@ impl State {
             _ if split => {
                 let kick = self.host_answered(hi, a, now, dcfg);
                 debug!(batch = %b.id, events = live.len(), status = a.status, "batch refused; sending it in halves");
-                let mut first = live;
+                // An event cancelled while the batch was out ends now.
+                let (cancelled, rest): (Vec<_>, Vec<_>) =
+                    live.into_iter().partition(|id| self.take_cancel(id));
+                for id in &cancelled {
+                    self.finish_event(id, Phase::Cancelled, a, now, dcfg, spool);
+                }
+                let mut first = rest;
                 let second = first.split_off(first.len() / 2);
                 for half in [first, second] {
+                    if half.is_empty() {
+                        continue;
+                    }
                     for id in &half {
                         if let Some(e) = self.entries.get_mut(id) {
                             e.phase = Phase::Queued;
@@ -666,7 +675,13 @@ impl State {
                 warn!(batch = %b.id, events = live.len(), status = a.status, "batch refused for good (final status); its events are kept as dead letters");
                 for id in &live {
                     self.note_event(id, a, now);
-                    self.finish_event(id, Phase::Dead, a, now, dcfg, spool);
+                    // Cancelled while it was out: it ends as its owner said.
+                    let end = if self.take_cancel(id) {
+                        Phase::Cancelled
+                    } else {
+                        Phase::Dead
+                    };
+                    self.finish_event(id, end, a, now, dcfg, spool);
                 }
                 ("dead", kick)
             }
@@ -683,6 +698,11 @@ impl State {
                     let Some(attempts) = self.note_event(&id, a, now) else {
                         continue;
                     };
+                    if self.take_cancel(&id) {
+                        // Cancelled while it was out: not sent again.
+                        self.finish_event(&id, Phase::Cancelled, a, now, dcfg, spool);
+                        continue;
+                    }
                     let Some(e) = self.entries.get_mut(&id) else {
                         continue;
                     };

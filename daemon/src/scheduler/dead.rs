@@ -44,6 +44,8 @@ pub struct EntryView {
     pub response: Option<String>,
     /// Until when its host is paused by the breaker, if it is.
     pub host_paused_until_ms: Option<u64>,
+    /// Failures in a row that paused it, while it is paused.
+    pub host_failures: Option<u32>,
     /// Its last attempts, oldest first (for recent requests).
     pub last_attempts: Vec<super::AttemptRecord>,
     /// An event of a batching destination: where it stands in its batch.
@@ -127,12 +129,15 @@ fn view(key: &str, e: &Entry, st: &State) -> EntryView {
         response: e.snippet.as_deref().map(Into::into),
         last_attempts: st.history.of(key),
         batch,
-        host_paused_until_ms: {
-            let b = st.hosts.get(e.host as usize).map(|h| &h.breaker);
-            b.filter(|b| e.phase.is_pending() && b.paused(now_ms()))
-                .map(|b| b.paused_until())
-        },
+        host_paused_until_ms: paused(e, st).map(|b| b.paused_until()),
+        host_failures: paused(e, st).map(|b| b.failures()),
     }
+}
+
+/// The breaker of a pending request's host, while it pauses the host.
+fn paused<'a>(e: &Entry, st: &'a State) -> Option<&'a super::Breaker> {
+    let b = st.hosts.get(e.host as usize).map(|h| &h.breaker);
+    b.filter(|b| e.phase.is_pending() && b.paused(now_ms()))
 }
 
 /// A delivered request as `status` shows it, from what is remembered of it.
@@ -167,6 +172,7 @@ fn delivered_view(key: &str, r: &super::delivered::Record, st: &State) -> EntryV
         last_error: None,
         response: None,
         host_paused_until_ms: None,
+        host_failures: None,
         last_attempts: st.history.of(key),
         batch: in_batch.map(|(id, n)| BatchView {
             state: "delivered",
@@ -188,7 +194,7 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    fn sees(&self, e: &Entry) -> bool {
+    pub(super) fn sees(&self, e: &Entry) -> bool {
         self.admin || (e.owner != NO_OWNER && Some(e.owner) == self.uid)
     }
 }
@@ -278,6 +284,7 @@ impl Engine {
             last_error: None,
             response: None,
             host_paused_until_ms: None,
+            host_failures: None,
             last_attempts: Vec::new(),
             batch: batching.then_some(BatchView {
                 state: "waiting",

@@ -113,7 +113,15 @@ impl Engine {
         if let Some(e) = st.entries.get_mut(id) {
             e.last_error = Some(error.into());
         }
-        st.schedule(id, now_ms() + 1000, true);
+        if st.take_cancel(id) {
+            // Cancelled meanwhile: nothing was sent, and nothing will be.
+            if let Some(e) = st.entries.get_mut(id) {
+                e.phase = Phase::Queued;
+            }
+            st.cancel_now(id, self.dcfg().status_history, self.spool.as_deref());
+        } else {
+            st.schedule(id, now_ms() + 1000, true);
+        }
         drop(st);
         self.wake.notify_one();
         self.idle.notify_waiters();

@@ -22,6 +22,8 @@ pub enum Phase {
     Dead,
     /// Its ttl passed before it could be delivered.
     Expired,
+    /// Cancelled by its owner or an admin (`cancel`).
+    Cancelled,
 }
 
 impl Phase {
@@ -34,6 +36,7 @@ impl Phase {
             Phase::Delivered => "delivered",
             Phase::Dead => "dead",
             Phase::Expired => "expired",
+            Phase::Cancelled => "cancelled",
         }
     }
 
@@ -138,6 +141,13 @@ impl Entries {
         Some((k, self.slots[*i as usize].as_ref()?))
     }
 
+    /// Every entry with its key, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
+        self.index
+            .iter()
+            .filter_map(|(k, i)| Some((k, self.slots[*i as usize].as_ref()?)))
+    }
+
     pub(crate) fn contains_key(&self, id: &str) -> bool {
         self.index.contains_key(id)
     }
@@ -222,6 +232,7 @@ impl Phase {
             Phase::Delivered => Kind::Delivered,
             Phase::Expired => Kind::Expired,
             Phase::Dead => Kind::Dead,
+            Phase::Cancelled => Kind::Cancelled,
             Phase::Queued | Phase::Waiting | Phase::InFlight => Kind::Retry,
         }
     }

@@ -22,6 +22,7 @@
 mod admit;
 mod batch;
 mod breaker;
+mod cancel;
 mod compact;
 mod dead;
 mod delivered;
@@ -101,6 +102,8 @@ struct State {
     expiry: BTreeSet<(u64, Arc<str>)>,
     /// What `status` keeps of the most recent delivered requests.
     delivered: delivered::Delivered,
+    /// Cancelled requests kept for `status`, oldest first.
+    finished: VecDeque<Arc<str>>,
     dead: BTreeMap<u64, Arc<str>>,
     next_dead_seq: u64,
     in_flight: usize,
@@ -143,6 +146,8 @@ struct State {
     /// Accepted-to-delivered times (ms) of a batch's events, observed in
     /// the histogram once the lock is released.
     latencies: Vec<u64>,
+    /// Cancels of requests in flight or paged out, carried out later.
+    cancels: cancel::Cancels,
 }
 
 /// The scheduler and its handles: shared by connections (accept, ops), the
@@ -380,6 +385,7 @@ impl Engine {
                 timers: BinaryHeap::new(),
                 expiry: BTreeSet::new(),
                 delivered: delivered::Delivered::default(),
+                finished: VecDeque::new(),
                 dead: BTreeMap::new(),
                 next_dead_seq: 1,
                 in_flight: 0,
@@ -402,6 +408,7 @@ impl Engine {
                 batch_extra: 0,
                 holding: Vec::new(),
                 latencies: Vec::new(),
+                cancels: Default::default(),
             }),
             wake: Notify::new(),
             idle: Notify::new(),

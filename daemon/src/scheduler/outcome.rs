@@ -129,6 +129,8 @@ impl State {
         spool: Option<&Spool>,
     ) -> Option<(Option<Phase>, bool, Note)> {
         let (attempts, here, accepted_ms, err) = self.note_attempt(id, host, a, now)?;
+        // Cancelled while in flight: a failure ends it (see `cancel`).
+        let cancelled = self.take_cancel(id);
         let result = a.result();
         let h = &self.hosts[host as usize];
         let counter = crate::metrics::result_index(result)
@@ -149,12 +151,21 @@ impl State {
             Verdict::Success | Verdict::Final => {
                 let (end, k) = self.answered(host, job, a, attempts, err, now, dcfg);
                 kick |= k;
-                Some(end)
+                Some(if cancelled && end == Phase::Dead {
+                    Phase::Cancelled
+                } else {
+                    end
+                })
             }
             Verdict::Retry => {
                 self.hosts[host as usize].last_error = err;
                 kick |= self.host_failed(host, a, now, dcfg);
-                match self.retry_or_end(id, job, a, attempts, now, dcfg) {
+                let next = if cancelled {
+                    Err(Phase::Cancelled)
+                } else {
+                    self.retry_or_end(id, job, a, attempts, now, dcfg)
+                };
+                match next {
                     Err(end) => Some(end),
                     Ok((at, scheduled)) => {
                         kick |= scheduled;
@@ -416,6 +427,23 @@ impl State {
         Ok((at, self.schedule(id, at, true)))
     }
 
+    /// Keeps a cancelled id for `status`, forgetting the oldest past
+    /// `history` (delivered ones go to `State::delivered`).
+    pub(super) fn remember_cancelled(&mut self, id: Arc<str>, history: usize) {
+        self.finished.push_back(id);
+        while self.finished.len() > history {
+            if let Some(old) = self.finished.pop_front() {
+                if self
+                    .entries
+                    .get(&old)
+                    .is_some_and(|e| e.phase == Phase::Cancelled)
+                {
+                    self.entries.remove(&old);
+                }
+            }
+        }
+    }
+
     /// A hot job leaves memory (its first attempt is done, or it ended).
     pub(super) fn cool(&mut self, id: &str) {
         if let Some(e) = self.entries.get_mut(id) {
@@ -429,6 +457,7 @@ impl State {
     /// Moves an entry to an end state.
     pub(super) fn end(&mut self, id: &Arc<str>, phase: Phase, now: u64, history: usize) {
         self.cool(id);
+        self.take_cancel(id);
         self.undelay(id);
         let Some(e) = self.entries.get_mut(id) else {
             return;
@@ -441,6 +470,15 @@ impl State {
             Phase::Delivered => {
                 self.bytes -= e.bytes;
                 self.metrics.finished("delivered");
+            }
+            Phase::Cancelled => {
+                // Kept for `status` as a delivered request is; its host
+                // stays named (nothing else shows it).
+                e.job = JobRef::Gone;
+                self.bytes -= e.bytes;
+                e.bytes = 0;
+                self.metrics.finished("cancelled");
+                self.remember_cancelled(id.clone(), history);
             }
             Phase::Dead | Phase::Expired => {
                 let seq = self.next_dead_seq;

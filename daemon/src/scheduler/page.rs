@@ -117,6 +117,14 @@ impl ColdList {
         (out, next)
     }
 
+    /// The places of up to 8,192 records from position `from` on, as
+    /// the spool reads them, and the position after them (see `chunk`).
+    pub(super) fn chunk_at(&self, from: u64) -> (Vec<(u64, u32)>, u64) {
+        let (chunk, next) = self.chunk(from, 8192);
+        let chunk = chunk.iter().map(|c| (c.seg as u64, c.off)).collect();
+        (chunk, next)
+    }
+
     /// Drops the first `n`.
     fn drain_front(&mut self, n: usize) {
         for _ in 0..n.min(self.offs.len()) {
@@ -161,6 +169,13 @@ impl Cold {
     /// Whether `key` names a cold request.
     pub(super) fn contains(&self, key: &str) -> bool {
         !self.ids.is_empty() && self.ids.contains(self.fingerprint(key))
+    }
+
+    /// Takes `key` out of the cold set (it was cancelled); its
+    /// fingerprint, or `None` if it was not there.
+    pub(super) fn take(&mut self, key: &str) -> Option<u64> {
+        let fp = self.fingerprint(key);
+        self.ids.remove(fp).then_some(fp)
     }
 
     /// Cold requests.
@@ -276,7 +291,13 @@ impl State {
             match r {
                 Ok(r) => {
                     let fp = self.cold.fingerprint(&r.id);
-                    if self.cold.ids.remove(fp) {
+                    // A cancel first: the same id sent again later, and cold
+                    // too, is behind it in the lane and has its own turn.
+                    if self.take_cold_cancel(fp) {
+                        // Cancelled while cold: it ends here, and frees its segment.
+                        spool.forget(r.loc);
+                        self.drop_cold(host);
+                    } else if self.cold.ids.remove(fp) {
                         kick |= self.insert_paged(host, r);
                     } else {
                         // Nothing but this takes a key out of the cold set:
@@ -391,6 +412,13 @@ impl Engine {
     /// reading). `None` if it is not there (paged in meanwhile: the caller
     /// looks in memory again).
     pub(super) fn find_cold(&self, key: &str) -> Option<(Restored, String)> {
+        let (r, host) = self.find_cold_lane(key)?;
+        let lane = self.lock().hosts.get(host as usize)?.key.clone();
+        Some((r, lane))
+    }
+
+    /// [`Engine::find_cold`], with the lane's number.
+    pub(super) fn find_cold_lane(&self, key: &str) -> Option<(Restored, u32)> {
         let spool = self.spool.as_ref()?;
         let (hosts, batch) = {
             let st = self.lock();
@@ -399,21 +427,21 @@ impl Engine {
         for host in 0..hosts {
             let mut from = 0;
             loop {
-                let (chunk, lane) = {
+                let chunk = {
                     let st = self.lock();
                     let Some(h) = st.hosts.get(host) else { break };
                     let (chunk, next) = h.cold.chunk(from, batch);
                     from = next;
                     let chunk: Vec<(u64, u32)> =
                         chunk.iter().map(|c| (c.seg as u64, c.off)).collect();
-                    (chunk, h.key.clone())
+                    chunk
                 };
                 if chunk.is_empty() {
                     break;
                 }
                 for (loc, payload) in spool.read_records(&chunk).into_iter().flatten() {
                     if let Some(r) = restored_from(&payload, loc).filter(|r| *r.id == *key) {
-                        return Some((r, lane));
+                        return Some((r, host as u32));
                     }
                 }
             }

@@ -55,6 +55,9 @@ pub enum Kind {
     Expired,
     /// Dead letter removed by `purge`: finished.
     Purged,
+    /// Cancelled by its owner or an admin: finished, kept for `status`
+    /// as a delivered request is.
+    Cancelled,
 }
 
 impl Kind {
@@ -65,6 +68,7 @@ impl Kind {
             Kind::Dead => 2,
             Kind::Expired => 3,
             Kind::Purged => 4,
+            Kind::Cancelled => 5,
         }
     }
     fn from_u8(b: u8) -> Option<Kind> {
@@ -74,12 +78,13 @@ impl Kind {
             2 => Kind::Dead,
             3 => Kind::Expired,
             4 => Kind::Purged,
+            5 => Kind::Cancelled,
             _ => return None,
         })
     }
     /// A finished job: nothing of it needs keeping.
     pub fn finished(self) -> bool {
-        matches!(self, Kind::Delivered | Kind::Purged)
+        matches!(self, Kind::Delivered | Kind::Purged | Kind::Cancelled)
     }
 }
 
@@ -143,6 +148,19 @@ impl Outcome {
         Outcome {
             kind: Kind::Purged,
             attempts: 0,
+            next_ms: 0,
+            status: None,
+            error: None,
+            snippet: None,
+            at_ms: now,
+        }
+    }
+
+    /// Cancelled by its owner or an admin, after `attempts` attempts.
+    pub fn cancelled(attempts: u32, now: u64) -> Outcome {
+        Outcome {
+            kind: Kind::Cancelled,
+            attempts,
             next_ms: 0,
             status: None,
             error: None,

@@ -103,6 +103,9 @@ pub struct ScanReport {
     pub pending: u64,
     /// Dead letters (dead or expired).
     pub dead: u64,
+    /// Requests whose last record says cancelled (of those still on disk,
+    /// the most recent [`DELIVERED_HISTORY`] finished ones).
+    pub cancelled: u64,
     /// Records skipped because their checksum or contents were wrong.
     pub corrupt_records: u64,
     /// Bytes cut off at the end of segments (torn writes).
@@ -252,6 +255,11 @@ impl Scanner {
             _ => 0,
         };
         self.report.dead = 0;
+        self.report.cancelled = self
+            .delivered
+            .iter()
+            .filter(|r| r.state.kind == Kind::Cancelled)
+            .count() as u64;
         for r in self.slots.iter().flatten() {
             if r.state.is_dead_letter() {
                 self.report.dead += 1;
@@ -482,7 +490,8 @@ impl Scanner {
                 }
             }
             Meta::Outcome { id, mut state } => {
-                if state.kind == Kind::Delivered {
+                // A cancelled job is kept for `status` as a delivered one is.
+                if matches!(state.kind, Kind::Delivered | Kind::Cancelled) {
                     if let Some(i) = self.index.remove(id) {
                         if let Some(mut r) = self.slots[i as usize].take() {
                             state.error = None;
