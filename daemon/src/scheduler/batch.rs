@@ -597,7 +597,10 @@ impl State {
         let hi = b.host;
         let took = now.saturating_sub(a.started_ms);
         self.hosts[hi as usize].note(a.verdict == Verdict::Success, took);
-        let split = a.verdict == Verdict::Final
+        // A 4xx in `split_on` wins over `retry_on`: a batch of several
+        // events is split; a lone event gets the status's verdict.
+        let split = (a.verdict == Verdict::Final
+            || (a.verdict == Verdict::Retry && a.status.is_some_and(|s| s < 500)))
             && live.len() > 1
             && a.status.is_some_and(|s| b.spec.split_on.contains(&s));
         match a.verdict {
@@ -615,7 +618,7 @@ impl State {
                 debug!(batch = %b.id, events = live.len(), status = a.status, "batch delivered");
                 ("delivered", kick)
             }
-            Verdict::Final if split => {
+            _ if split => {
                 let kick = self.host_answered(hi, a, now, dcfg);
                 debug!(batch = %b.id, events = live.len(), status = a.status, "batch refused; sending it in halves");
                 let mut first = live;
