@@ -634,3 +634,24 @@ fn the_readme_login_examples_parse() {
     }
     assert_eq!(blocks, 3);
 }
+
+#[test]
+fn token_endpoint_failures_count_toward_the_breaker() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let api = Sink::start();
+    let cfg = format!(
+        "[delivery]\nbackoff_base_ms = 20\nbackoff_max_ms = 50\nbreaker_threshold = 2\nbreaker_cooldown_ms = 200\nbreaker_cooldown_max_ms = 200\n[destinations.api]\nurl = \"{}\"\nmax_attempts = 100\n[destinations.api.oauth2]\ntoken_url = \"http://localhost:{port}/token\"\nclient_id = \"c\"\nclient_secret = \"{SECRET}\"\n",
+        api.url("/v1")
+    );
+    let d = Daemon::start(&cfg);
+    send(&d, "p", "/p");
+    d.wait_log("host keeps failing; pausing deliveries to it", T);
+    let token = Sink::on_port(port, |_, _| {
+        Reply::json(200, r#"{"access_token":"TOKEN-1","expires_in":60}"#)
+    });
+    delivered(&d, "p");
+    assert_eq!(token.count(), 1);
+}

@@ -69,7 +69,7 @@ impl Deliverer {
         let rules = dest.map_or(&dests.retry, |d| &d.retry);
         let Some(oauth) = dest.and_then(|d| d.oauth.as_deref()) else {
             let mut a = self.send(job, dest, None, rules, started_ms).await;
-            if let Some(d) = dest.filter(|d| !d.creds.is_empty()) {
+            if let Some(d) = dest.filter(|d| !d.creds.is_empty() && a.snippet.is_some()) {
                 redact(&mut a.snippet, &d.secrets());
             }
             return a;
@@ -94,7 +94,7 @@ impl Deliverer {
                 Err(e) => a = Attempt::failed(Failure::Other, e, started_ms),
             }
         }
-        if let Some(d) = dest {
+        if let Some(d) = dest.filter(|_| a.snippet.is_some()) {
             redact(&mut a.snippet, &d.secrets());
         }
         a
