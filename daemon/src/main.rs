@@ -1,6 +1,6 @@
 //! `ffd`: flags → config → [`ffd::run`]. Everything else is in the library.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ffd::config::{Config, FsyncMode, LogFormat, SpoolMode};
 use std::path::PathBuf;
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ExitCode::SUCCESS
         });
     }
-    let cfg = load_config(&cli)?;
+    let cfg = load_config(&cli, false)?;
     if cli.check_config {
         let what = cli.config.as_deref().map(|p| p.display().to_string());
         println!("{}: ok", what.as_deref().unwrap_or("embedded defaults"));
@@ -109,17 +109,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let cli = Arc::new(cli.clone());
         ffd::Reload {
             path,
-            load: Box::new(move || load_config(&cli)),
+            load: Box::new(move || load_config(&cli, true)),
         }
     });
     ffd::run(cfg, reload)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The config file (if any) with the flags applied over it.
-fn load_config(cli: &Cli) -> Result<Config> {
+/// The config file (if any) with the flags applied over it, checked. At
+/// SIGHUP (`reload`), a credential file that cannot be read is left to the
+/// reload, which keeps its last good value.
+fn load_config(cli: &Cli, reload: bool) -> Result<Config> {
     let mut cfg = match &cli.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::parse(path)?,
         None => Config::default(),
     };
     if let Some(s) = &cli.socket {
@@ -140,6 +142,14 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();
     }
-    cfg.validate().context("invalid flags")?;
+    let checked = if reload {
+        cfg.validate_reload()
+    } else {
+        cfg.validate()
+    };
+    checked.map_err(|e| match &cli.config {
+        Some(path) => anyhow::anyhow!("{}: {e:#}", path.display()),
+        None => e.context("invalid flags"),
+    })?;
     Ok(cfg)
 }

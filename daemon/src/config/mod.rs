@@ -7,8 +7,9 @@
 mod destination;
 
 pub use destination::{
-    credential_path, decode_secret, BatchConfig, BatchFormat, Compression, Destination,
-    SecretString, MIN_SECRET_BYTES,
+    check_retry_on, credential_path, decode_secret, default_retry_on, read_credential, AuthMethod,
+    BatchConfig, BatchFormat, Compression, Destination, OAuth2Config, RetryOn, SecretString,
+    MIN_SECRET_BYTES,
 };
 
 use anyhow::{bail, Context, Result};
@@ -204,8 +205,15 @@ pub struct DeliveryConfig {
     pub backoff_base_ms: u64,
     /// Growth of the wait cap per attempt.
     pub backoff_multiplier: u32,
-    /// Largest wait between two attempts, `Retry-After` included.
+    /// Largest wait between two attempts (a `Retry-After` is capped by
+    /// `retry_after_max_ms` instead).
     pub backoff_max_ms: u64,
+    /// Statuses retried: codes and the classes `"4xx"` and `"5xx"`; any
+    /// other status is final (2xx is delivered). Timeouts and connection
+    /// errors are always retried.
+    pub retry_on: Vec<RetryOn>,
+    /// Longest wait a server's `Retry-After` may ask for.
+    pub retry_after_max_ms: u64,
     /// Consecutive failures that pause a host.
     pub breaker_threshold: u32,
     /// First pause of a failing host; doubles while it keeps failing.
@@ -284,6 +292,8 @@ impl Default for DeliveryConfig {
             backoff_base_ms: 5_000,
             backoff_multiplier: 4,
             backoff_max_ms: 6 * 3_600_000,
+            retry_on: default_retry_on(),
+            retry_after_max_ms: 3_600_000,
             breaker_threshold: 5,
             breaker_cooldown_ms: 30_000,
             breaker_cooldown_max_ms: 600_000,
@@ -341,17 +351,35 @@ pub fn default_spool_dir() -> PathBuf {
 impl Config {
     /// Reads and checks a TOML file; errors name the file, the key and the reason.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let cfg = Config::parse(path)?;
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 
-    /// Checks values serde cannot: ranges and formats. The error names the key.
+    /// Reads a TOML file without [`Config::validate`]: unknown keys and
+    /// wrong types are still errors naming the file and the key.
+    pub fn parse(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+    }
+
+    /// Checks values serde cannot: ranges, formats, and that every
+    /// credential file is readable. The error names the key.
     pub fn validate(&self) -> Result<()> {
+        self.check(true)
+    }
+
+    /// [`Config::validate`] for SIGHUP: a `header_files` or
+    /// `client_secret_file` that cannot be read is not an error here (the
+    /// running value is kept, see `delivery::Deliverer::reload`).
+    pub fn validate_reload(&self) -> Result<()> {
+        self.check(false)
+    }
+
+    fn check(&self, files: bool) -> Result<()> {
         self.socket_mode_bits()?;
         at_least("max_connections", self.max_connections as u64, 1)?;
         if self.max_connections_per_uid > self.max_connections {
@@ -388,6 +416,7 @@ impl Config {
         for (name, dest) in &self.destinations {
             self.validate_destination_url(name, dest, &policy)?;
             self.validate_destination(name, dest)?;
+            self.validate_credentials(name, dest, &policy, files)?;
         }
         Ok(())
     }
@@ -442,6 +471,111 @@ impl Config {
         if let Some(ca) = &d.ca_file {
             if !ca.is_file() {
                 bail!("key `delivery.ca_file`: no such file: {}", ca.display());
+            }
+        }
+        check_retry_on("delivery.retry_on", &d.retry_on)?;
+        Ok(())
+    }
+
+    /// A destination's `oauth2`, `header_files` and retry rules; with
+    /// `files`, the files are read too.
+    fn validate_credentials(
+        &self,
+        name: &str,
+        dest: &Destination,
+        policy: &crate::policy::Policy,
+        files: bool,
+    ) -> Result<()> {
+        let key = format!("destinations.{name}");
+        if let Some(list) = &dest.retry_on {
+            check_retry_on(&format!("{key}.retry_on"), list)?;
+        }
+        let inline = |h: &http::HeaderName| {
+            dest.headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(h.as_str()))
+        };
+        for (h, f) in &dest.header_files {
+            let hk = format!("{key}.header_files.{h}");
+            let Ok(hn) = http::HeaderName::from_bytes(h.as_bytes()) else {
+                bail!("key `{hk}`: not a valid header name");
+            };
+            match ffd_proto::refused_header(&hn) {
+                Some(ffd_proto::HeaderRefusal::Host) => {
+                    bail!("key `{hk}`: ffd sets Host from the URL; it cannot be set")
+                }
+                Some(ffd_proto::HeaderRefusal::HopByHop) => {
+                    bail!("key `{hk}`: hop-by-hop header cannot be set")
+                }
+                None => {}
+            }
+            if inline(&hn) {
+                bail!("key `{hk}`: `{key}.headers` sets {h} too; keep one");
+            }
+            if dest.oauth2.is_some() && hn == http::header::AUTHORIZATION {
+                bail!("key `{hk}`: `{key}.oauth2` sets authorization; keep one");
+            }
+            if dest
+                .header_files
+                .keys()
+                .filter(|k| k.eq_ignore_ascii_case(h))
+                .count()
+                > 1
+            {
+                bail!("key `{hk}`: the header is named twice in `header_files`");
+            }
+            if f.as_os_str().is_empty() {
+                bail!("key `{hk}`: empty path");
+            }
+            if files {
+                dest.header_file(name, h)?;
+            } else {
+                // The path must still make sense.
+                credential_path(f).map_err(|e| anyhow::anyhow!("key `{hk}`: {e}"))?;
+            }
+        }
+        let Some(o) = &dest.oauth2 else {
+            return Ok(());
+        };
+        let ok = format!("{key}.oauth2");
+        if inline(&http::header::AUTHORIZATION) {
+            bail!("key `{ok}`: `{key}.headers` sets authorization too; keep one");
+        }
+        check_token_url(&o.token_url).map_err(|e| anyhow::anyhow!("key `{ok}.token_url`: {e}"))?;
+        if let Some(host) = o
+            .token_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(String::from))
+        {
+            if let Err(denied) = policy.check_host(&host) {
+                bail!("key `{ok}.token_url`: {denied}");
+            }
+        }
+        if o.client_id.is_empty() {
+            bail!("key `{ok}.client_id`: must not be empty");
+        }
+        match (&o.client_secret, &o.client_secret_file) {
+            (Some(_), Some(_)) => bail!(
+                "key `{ok}.client_secret`: set `client_secret` or `client_secret_file`, not both"
+            ),
+            (None, None) => bail!(
+                "key `{ok}.client_secret`: missing: set `client_secret` or `client_secret_file`"
+            ),
+            (Some(s), None) if s.0.is_empty() => {
+                bail!("key `{ok}.client_secret`: must not be empty")
+            }
+            (None, Some(f)) if !files => {
+                credential_path(f)
+                    .map_err(|e| anyhow::anyhow!("key `{ok}.client_secret_file`: {e}"))?;
+            }
+            _ => {
+                dest.oauth2_secret(name)?;
+            }
+        }
+        for (k, v) in [("scope", &o.scope), ("audience", &o.audience)] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                bail!("key `{ok}.{k}`: must not be empty (leave it out instead)");
             }
         }
         Ok(())
@@ -646,6 +780,43 @@ fn at_least(key: &str, v: u64, min: u64) -> Result<()> {
     Ok(())
 }
 
+/// A token endpoint ffd may use: https, or plain http to a loopback host
+/// (127.0.0.0/8, ::1, localhost), where nobody on the way could read the
+/// secret.
+fn check_token_url(u: &str) -> std::result::Result<(), String> {
+    let uri: http::Uri = u.parse().map_err(|_| format!("not a URL: {u:?}"))?;
+    let host = uri.host().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("no host in {u:?}"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "must not hold credentials (`user:pass@`); use `client_id` and `client_secret`".into(),
+        );
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if is_loopback_host(host) => Ok(()),
+        Some("http") => Err(format!(
+            "must be https: plain http would send the client secret in clear ({host} is not loopback: 127.0.0.0/8, ::1 or localhost)"
+        )),
+        _ => Err(format!("must be an https URL, got {u:?}")),
+    }
+}
+
+/// 127.0.0.0/8, `::1` (bracketed or not) or `localhost`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.octets()[0] == 127,
+        Ok(std::net::IpAddr::V6(a)) => a == std::net::Ipv6Addr::LOCALHOST,
+        Err(_) => false,
+    }
+}
+
 /// A proxy URL ffd can use: `http://[user:pass@]host[:port]`.
 fn check_proxy_url(p: &str) -> std::result::Result<(), String> {
     let uri: http::Uri = p.parse().map_err(|_| "not a URL".to_string())?;
@@ -714,6 +885,11 @@ mod tests {
         let def = Config::default();
         assert_eq!(cfg.delivery.max_attempts, def.delivery.max_attempts);
         assert_eq!(cfg.delivery.backoff_base_ms, def.delivery.backoff_base_ms);
+        assert_eq!(cfg.delivery.retry_on, def.delivery.retry_on);
+        assert_eq!(
+            cfg.delivery.retry_after_max_ms,
+            def.delivery.retry_after_max_ms
+        );
         assert_eq!(cfg.spool.max_bytes, def.spool.max_bytes);
         assert_eq!(cfg.max_line_bytes, def.max_line_bytes);
         // A copied example delivers nowhere: its destination is commented out.
@@ -825,5 +1001,61 @@ mod tests {
             "[policy]\ndeny = [\"loopback\"]\n[destinations.a]\nurl = \"http://127.1/\"",
             "destinations.a.url",
         );
+        bad("[delivery]\nretry_on = [600]", "delivery.retry_on[0]");
+        bad(
+            "[delivery]\nretry_on = [408, \"3xx\"]",
+            "delivery.retry_on[1]",
+        );
+        bad("[delivery]\nretry_on = [1.5]", "delivery.retry_on[0]");
+        bad(&dest("retry_on = [99]"), "destinations.a.retry_on[0]");
+        bad(
+            &dest("header_files = { authorization = \"/nonexistent/x\" }"),
+            "destinations.a.header_files.authorization",
+        );
+        bad(
+            &dest("header_files = { connection = \"/etc/hostname\" }"),
+            "destinations.a.header_files.connection",
+        );
+        let oauth = |k: &str| {
+            dest(&format!(
+                "[destinations.a.oauth2]\ntoken_url = \"https://auth.example/t\"\nclient_id = \"c\"\n{k}"
+            ))
+        };
+        bad(&oauth(""), "destinations.a.oauth2.client_secret");
+        bad(
+            &oauth("client_secret = \"s\"\nclient_secret_file = \"/x\""),
+            "destinations.a.oauth2.client_secret",
+        );
+        bad(
+            &oauth("client_secret_file = \"/nonexistent/s\""),
+            "destinations.a.oauth2.client_secret_file",
+        );
+        bad(
+            &oauth("client_secret = \"s\"\nauth_method = \"jwt\""),
+            "auth_method",
+        );
+        bad(&oauth("client_secret = \"s\"\nscopes = \"x\""), "scopes");
+        bad(
+            &dest("[destinations.a.oauth2]\ntoken_url = \"http://auth.example/t\"\nclient_id = \"c\"\nclient_secret = \"s\""),
+            "destinations.a.oauth2.token_url",
+        );
+        bad(
+            &dest("headers = { Authorization = \"x\" }\n[destinations.a.oauth2]\ntoken_url = \"https://a/t\"\nclient_id = \"c\"\nclient_secret = \"s\""),
+            "destinations.a.oauth2",
+        );
+        // Loopback may be plain http.
+        for host in ["127.0.0.1:8080", "127.9.9.9", "[::1]:80", "localhost:1"] {
+            let t = dest(&format!("[destinations.a.oauth2]\ntoken_url = \"http://{host}/t\"\nclient_id = \"c\"\nclient_secret = \"s\""));
+            let c: Config = toml::from_str(&t).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+    }
+
+    #[test]
+    fn oauth2_secret_never_shows() {
+        let toml = "[destinations.a]\nurl = \"http://x\"\n[destinations.a.oauth2]\ntoken_url = \"https://a/t\"\nclient_id = \"c\"\nclient_secret = \"hunter2-very-secret\"";
+        let cfg: Config = toml::from_str(toml).unwrap();
+        cfg.validate().unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 }

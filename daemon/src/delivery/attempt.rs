@@ -1,7 +1,7 @@
 //! One attempt: the exchange, bounded by the job's timeout, and what it
 //! came to (status, `Retry-After`, a short error, the first response bytes).
 
-use super::retry::{classify_status, parse_retry_after, Verdict};
+use super::retry::{parse_retry_after, RetryRules, Verdict};
 use super::Deliverer;
 use crate::clock::now_ms;
 use crate::job::Job;
@@ -41,12 +41,75 @@ pub struct Attempt {
 impl Deliverer {
     /// Makes one attempt. The job's timeout bounds the wait for the
     /// response's status line and headers; once they are in, the verdict
-    /// is made (a 2xx is delivered), and the body is read only for the
-    /// snippet, within [`BODY_READ`]: a slow body never turns a success
-    /// into a retry.
+    /// is made (a 2xx is delivered; the destination's `retry_on` says what
+    /// else is retried), and the body is read only for the snippet, within
+    /// [`BODY_READ`]: a slow body never turns a success into a retry.
+    ///
+    /// An OAuth2 destination's token is fetched first when none is fresh
+    /// (a token endpoint that fails fails the attempt, to be retried on its
+    /// schedule); a 401 refreshes it once and sends the request again at
+    /// once, within the same attempt.
     pub async fn attempt(&self, job: &Job) -> Attempt {
         let started_ms = now_ms();
-        let (own, req) = match self.build_request(job) {
+        let dests = self.dests();
+        let dest = match &job.dest {
+            Some(name) => match dests.by_name.get(&**name) {
+                Some(d) => Some(d),
+                None => {
+                    let error = format!(
+                        "destination {name:?} is no longer in the config; restore it and replay"
+                    );
+                    let mut a = Attempt::failed(Failure::Other, error, started_ms);
+                    a.verdict = Verdict::Final;
+                    return a;
+                }
+            },
+            None => None,
+        };
+        let rules = dest.map_or(&dests.retry, |d| &d.retry);
+        let Some(oauth) = dest.and_then(|d| d.oauth.as_deref()) else {
+            let mut a = self.send(job, dest, None, rules, started_ms).await;
+            if let Some(d) = dest.filter(|d| !d.creds.is_empty() && a.snippet.is_some()) {
+                redact(&mut a.snippet, &d.secrets());
+            }
+            return a;
+        };
+        let token_client = dest.and_then(|d| d.client.as_ref()).unwrap_or(&self.client);
+        let bearer = match self.bearer(oauth, token_client, job.timeout_ms, None).await {
+            Ok(b) => b,
+            Err(e) => return Attempt::failed(Failure::Other, e, started_ms),
+        };
+        let mut a = self.send(job, dest, Some(&bearer), rules, started_ms).await;
+        if a.status == Some(401) {
+            // The token was refused: a new one, and the request again at
+            // once. A second 401 is an ordinary answer.
+            match self
+                .bearer(oauth, token_client, job.timeout_ms, Some(&bearer))
+                .await
+            {
+                Ok(fresh) => {
+                    tracing::debug!(id = %job.id, destination = %oauth.settings.dest, "401 with a cached token: token refreshed, request sent again");
+                    a = self.send(job, dest, Some(&fresh), rules, started_ms).await;
+                }
+                Err(e) => a = Attempt::failed(Failure::Other, e, started_ms),
+            }
+        }
+        if let Some(d) = dest.filter(|_| a.snippet.is_some()) {
+            redact(&mut a.snippet, &d.secrets());
+        }
+        a
+    }
+
+    /// One request built and exchanged.
+    async fn send(
+        &self,
+        job: &Job,
+        dest: Option<&super::Dest>,
+        bearer: Option<&http::HeaderValue>,
+        rules: &RetryRules,
+        started_ms: u64,
+    ) -> Attempt {
+        let (own, req) = match self.build_request(job, dest, bearer) {
             Ok(r) => r,
             Err(error) => {
                 let mut a = Attempt::failed(Failure::Other, error, started_ms);
@@ -57,7 +120,7 @@ impl Deliverer {
         let sent_bytes = hyper::body::Body::size_hint(req.body())
             .exact()
             .unwrap_or(0);
-        let mut a = self.exchange(job, own, req, started_ms).await;
+        let mut a = self.exchange(job, own, req, started_ms, rules).await;
         a.sent_bytes = sent_bytes;
         a
     }
@@ -69,6 +132,7 @@ impl Deliverer {
         own: Option<super::HttpClient>,
         req: http::Request<http_body_util::Full<bytes::Bytes>>,
         started_ms: u64,
+        rules: &RetryRules,
     ) -> Attempt {
         let client = own.as_ref().unwrap_or(&self.client);
         let timeout = Duration::from_millis(job.timeout_ms);
@@ -95,8 +159,8 @@ impl Deliverer {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
-            .map(|d| d.as_millis().min(u64::MAX as u128) as u64);
-        let verdict = classify_status(status);
+            .map(|d| rules.cap(d.as_millis().min(u64::MAX as u128) as u64));
+        let verdict = rules.classify(status);
         let body_time = timeout.min(BODY_READ);
         // A short body usually came in with the head: then it is read
         // without arming a timer (its setup and removal cost more than the
@@ -149,6 +213,25 @@ impl Deliverer {
             }
         }
         kept
+    }
+}
+
+/// A snippet that quotes a credential (a receiver echoing the request's
+/// headers) has it replaced: answers are shown in `status`, `dead` and
+/// `tail`, and kept in the spool.
+fn redact(snippet: &mut Option<String>, secrets: &[Vec<u8>]) {
+    let Some(s) = snippet.as_mut() else {
+        return;
+    };
+    for secret in secrets {
+        if secret.len() < 4 {
+            continue;
+        }
+        if let Ok(text) = std::str::from_utf8(secret) {
+            if s.contains(text) {
+                *s = s.replace(text, "<redacted>");
+            }
+        }
     }
 }
 
@@ -249,7 +332,7 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> Failure {
 
 /// `e: cause: cause`, the sources that say what actually failed; hyper's
 /// top-level message alone ("client error (Connect)") tells nobody anything.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {

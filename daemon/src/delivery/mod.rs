@@ -1,16 +1,20 @@
 //! Delivery: one HTTP attempt of a job, over a shared pooled client.
 //!
 //! Rooms: `request` (the one place a job becomes the request sent: its
-//! Standard Webhooks signature, made with `sign`), `attempt` (one exchange,
-//! bounded, and what it came to), `retry` (the pure retry policy),
+//! Standard Webhooks signature, made with `sign`, and its credential
+//! headers), `attempt` (one exchange, bounded, and what it came to; a 401
+//! with an OAuth2 token refreshes it once), `oauth` (OAuth2 client
+//! credentials tokens), `retry` (the pure retry policy and `retry_on`),
 //! `connect` (the connector: the destination policy on the address dialled,
 //! proxies). Delivery knows nothing of the scheduler or the spool: it takes
 //! a [`Job`](crate::job::Job) and returns an [`Attempt`]. What it holds of a
-//! named destination (secrets, TLS client) is reloaded on SIGHUP.
+//! named destination (secrets, credential headers, OAuth2 token, retry
+//! rules, TLS client) is reloaded on SIGHUP.
 
 mod attempt;
 pub mod compress;
 pub mod connect;
+mod oauth;
 mod request;
 pub mod retry;
 pub mod sign;
@@ -45,12 +49,43 @@ struct Dest {
     client: Option<HttpClient>,
     /// `compression`, when it is not `none`.
     codec: Option<compress::Codec>,
+    /// `header_files`, read (sensitive values): set on every request.
+    creds: Vec<(HeaderName, HeaderValue)>,
+    /// `oauth2`: its settings and cached token (kept across a SIGHUP
+    /// that changes neither).
+    oauth: Option<Arc<oauth::OAuth>>,
+    /// `retry_on` and `retry_after_max_ms`, its own or `delivery`'s.
+    retry: retry::RetryRules,
+}
+
+impl Dest {
+    /// The values no answer may show: header-file values, the OAuth2
+    /// secret and token.
+    fn secrets(&self) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = self
+            .creds
+            .iter()
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .collect();
+        if let Some(o) = &self.oauth {
+            v.extend(o.secrets());
+        }
+        v
+    }
+}
+
+/// Every named destination, and the retry rules of raw URLs; swapped whole
+/// on SIGHUP.
+#[derive(Default)]
+struct Dests {
+    by_name: HashMap<String, Dest>,
+    retry: retry::RetryRules,
 }
 
 /// The shared HTTP client and the fixed parts of every request.
 pub struct Deliverer {
     pub(crate) client: HttpClient,
-    dests: RwLock<Arc<HashMap<String, Dest>>>,
+    dests: RwLock<Arc<Dests>>,
     policy: SharedPolicy,
     proxy: Arc<Matcher>,
     /// Whether `proxy` has a proxy for `http://` URLs at all.
@@ -84,7 +119,7 @@ impl Deliverer {
         };
         let d = Deliverer {
             client,
-            dests: RwLock::new(Arc::new(HashMap::new())),
+            dests: RwLock::new(Arc::new(Dests::default())),
             policy,
             proxy,
             http_proxy,
@@ -93,7 +128,7 @@ impl Deliverer {
             user_agent: HeaderValue::from_str(&cfg.user_agent).context("delivery.user_agent")?,
             snippet_bytes: cfg.response_snippet_bytes,
         };
-        d.set_destinations(config)?;
+        d.set_destinations(config, false)?;
         Ok(Arc::new(d))
     }
 
@@ -103,17 +138,102 @@ impl Deliverer {
     }
 
     /// SIGHUP: the policy, and each destination's secrets (files read
-    /// again) and TLS client. On error nothing changes.
+    /// again), OAuth2 settings, retry rules and TLS client. On error
+    /// nothing changes. A `header_files` or `client_secret_file` that
+    /// cannot be read keeps its last good value (logged by key, never by
+    /// value).
     pub fn reload(&self, config: &Config) -> Result<()> {
         let policy = policy_of(config)?;
-        self.set_destinations(config)?;
+        self.set_destinations(config, true)?;
         self.policy.set(policy);
         Ok(())
     }
 
-    fn set_destinations(&self, config: &Config) -> Result<()> {
-        let mut dests = HashMap::with_capacity(config.destinations.len());
+    /// The destinations now.
+    fn dests(&self) -> Arc<Dests> {
+        self.dests.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_destinations(&self, config: &Config, reload: bool) -> Result<()> {
+        let old = self.dests();
+        let dc = &config.delivery;
+        let rules = |list: &[crate::config::RetryOn], after: u64| {
+            retry::RetryRules::new(list.iter().filter_map(|r| r.range().ok()), after)
+        };
+        let mut dests = Dests {
+            by_name: HashMap::with_capacity(config.destinations.len()),
+            retry: rules(&dc.retry_on, dc.retry_after_max_ms),
+        };
         for (name, d) in &config.destinations {
+            let was = old.by_name.get(name);
+            // A file that cannot be read at SIGHUP keeps its last value.
+            let keep = |e: anyhow::Error| {
+                tracing::warn!(error = %format!("{e:#}"), "SIGHUP: credential file unreadable; keeping its last good value");
+            };
+            let mut creds = Vec::with_capacity(d.header_files.len());
+            for h in d.header_files.keys() {
+                let hn = HeaderName::from_bytes(h.as_bytes())
+                    .with_context(|| format!("destinations.{name}.header_files.{h}"))?;
+                let v = match d.header_file(name, h) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let last = was.filter(|_| reload).and_then(|w| {
+                            w.creds
+                                .iter()
+                                .find(|(n, _)| *n == hn)
+                                .map(|(_, v)| v.clone())
+                        });
+                        match last {
+                            Some(v) => {
+                                keep(e);
+                                v
+                            }
+                            None => return Err(e),
+                        }
+                    }
+                };
+                creds.push((hn, v));
+            }
+            let oauth = match &d.oauth2 {
+                None => None,
+                Some(o) => {
+                    let last = was.and_then(|w| w.oauth.clone()).filter(|_| reload);
+                    let secret = match d.oauth2_secret(name) {
+                        Ok(s) => s,
+                        Err(e) => match &last {
+                            Some(l) if o.client_secret_file.is_some() => {
+                                keep(e);
+                                l.settings.secret.clone()
+                            }
+                            _ => return Err(e),
+                        },
+                    };
+                    let settings = oauth::Settings {
+                        dest: name.clone(),
+                        token_url: o.token_url.parse().with_context(|| {
+                            format!("key `destinations.{name}.oauth2.token_url`")
+                        })?,
+                        client_id: o.client_id.clone(),
+                        secret,
+                        scope: o.scope.clone(),
+                        audience: o.audience.clone(),
+                        method: o.auth_method,
+                        skew_ms: o.refresh_skew_ms,
+                    };
+                    Some(match last {
+                        Some(l) if l.settings == settings => l,
+                        Some(_) => {
+                            tracing::info!(destination = %name, "SIGHUP: oauth2 settings or secret changed; the cached token is dropped");
+                            Arc::new(oauth::OAuth::new(settings))
+                        }
+                        None => Arc::new(oauth::OAuth::new(settings)),
+                    })
+                }
+            };
+            let retry = rules(
+                d.retry_on.as_deref().unwrap_or(&dc.retry_on),
+                d.retry_after_max_ms.unwrap_or(dc.retry_after_max_ms),
+            );
             let keys = sign::Keys::new(&d.signing_keys(name)?);
             let client = if d.ca_file.is_some() || d.client_cert_file.is_some() {
                 let tls = tls_config(&self.delivery, Some((name, d)))?;
@@ -122,12 +242,15 @@ impl Deliverer {
                 None
             };
             let codec = compress::Codec::of(d.compression, d.compression_level);
-            dests.insert(
+            dests.by_name.insert(
                 name.clone(),
                 Dest {
                     keys,
                     client,
                     codec,
+                    creds,
+                    oauth,
+                    retry,
                 },
             );
         }

@@ -1,7 +1,7 @@
 //! The request sent for a job: the one place its bytes are put together,
 //! and where it is signed.
 
-use super::{Deliverer, HttpClient};
+use super::{Deliverer, Dest, HttpClient};
 use crate::clock::now_ms;
 use crate::job::Job;
 use bytes::Bytes;
@@ -21,22 +21,14 @@ impl Deliverer {
     /// when it has one (`None`: the shared one; a clone of it per request
     /// cost a handful of atomic counts up and down for nothing).
     /// The caller's headers win over the ones ffd adds, except the
-    /// signature headers of a signing destination, which only ffd sets.
-    /// `Err`: the job's destination is no longer in the config.
-    pub(crate) fn build_request(
+    /// signature headers of a signing destination and its credential
+    /// headers (`header_files`, the OAuth2 `bearer`), which only ffd sets.
+    pub(super) fn build_request(
         &self,
         job: &Job,
+        dest: Option<&Dest>,
+        bearer: Option<&HeaderValue>,
     ) -> Result<(Option<HttpClient>, Request<Full<Bytes>>), String> {
-        let dests = job
-            .dest
-            .as_ref()
-            .map(|_| self.dests.read().unwrap_or_else(|e| e.into_inner()).clone());
-        let dest = match (&job.dest, &dests) {
-            (Some(name), Some(d)) => Some(d.get(&**name).ok_or_else(|| {
-                format!("destination {name:?} is no longer in the config; restore it and replay")
-            })?),
-            _ => None,
-        };
         // Compressed once per attempt, and signed as sent. A caller that
         // set its own `content-encoding` sent bytes already encoded.
         let codec = dest
@@ -81,21 +73,31 @@ impl Deliverer {
                 headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(ts));
                 headers.insert(WEBHOOK_SIGNATURE, dest.keys.signature(&job.id, ts, &body));
             }
+            for (name, value) in &dest.creds {
+                headers.insert(name.clone(), value.clone());
+            }
+            if let Some(b) = bearer {
+                headers.insert(http::header::AUTHORIZATION, b.clone());
+            }
             client = dest.client.clone();
         }
-        // A plain-http request through a proxy carries the proxy's
-        // credentials (https ones go in the CONNECT). Without an http
-        // proxy the matcher is not asked: it would parse the host against
-        // `no_proxy` on every request to answer no.
-        if self.http_proxy && job.uri.scheme_str() == Some("http") {
+        self.proxy_auth(&job.uri, headers);
+        Ok((client, req))
+    }
+
+    /// A plain-http request through a proxy carries the proxy's
+    /// credentials (https ones go in the CONNECT). Without an http proxy
+    /// the matcher is not asked: it would parse the host against
+    /// `no_proxy` on every request to answer no.
+    pub(super) fn proxy_auth(&self, uri: &http::Uri, headers: &mut http::HeaderMap) {
+        if self.http_proxy && uri.scheme_str() == Some("http") {
             if let Some(auth) = self
                 .proxy
-                .intercept(&job.uri)
+                .intercept(uri)
                 .and_then(|i| i.basic_auth().cloned())
             {
                 headers.insert(http::header::PROXY_AUTHORIZATION, auth);
             }
         }
-        Ok((client, req))
     }
 }

@@ -16,12 +16,51 @@ pub enum Verdict {
     Final,
 }
 
-/// Classifies an HTTP status. Redirects are not followed, so 3xx is final.
+/// Classifies an HTTP status by the default rules (408, 425, 429, 5xx).
+/// Redirects are not followed, so 3xx is final.
 pub fn classify_status(status: u16) -> Verdict {
-    match status {
-        200..=299 => Verdict::Success,
-        408 | 425 | 429 | 500..=599 => Verdict::Retry,
-        _ => Verdict::Final,
+    RetryRules::default().classify(status)
+}
+
+/// `retry_on` and `retry_after_max_ms` as delivery uses them: a set of
+/// statuses (one bit each, 0-639) and the cap of a `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryRules {
+    set: [u64; 10],
+    /// Longest wait a `Retry-After` may ask for.
+    pub after_max_ms: u64,
+}
+
+impl Default for RetryRules {
+    fn default() -> Self {
+        RetryRules::new([(408, 408), (425, 425), (429, 429), (500, 599)], 3_600_000)
+    }
+}
+
+impl RetryRules {
+    /// Rules from ranges of statuses (first, last; both within 100-599).
+    pub fn new(ranges: impl IntoIterator<Item = (u16, u16)>, after_max_ms: u64) -> RetryRules {
+        let mut set = [0u64; 10];
+        for (lo, hi) in ranges {
+            for s in lo..=hi.min(639) {
+                set[s as usize / 64] |= 1 << (s % 64);
+            }
+        }
+        RetryRules { set, after_max_ms }
+    }
+
+    /// A 2xx is delivered; a listed status is retried; any other is final.
+    pub fn classify(&self, status: u16) -> Verdict {
+        match status {
+            200..=299 => Verdict::Success,
+            s if s < 640 && self.set[s as usize / 64] & (1 << (s % 64)) != 0 => Verdict::Retry,
+            _ => Verdict::Final,
+        }
+    }
+
+    /// A server's `Retry-After`, capped.
+    pub fn cap(&self, retry_after_ms: u64) -> u64 {
+        retry_after_ms.min(self.after_max_ms)
     }
 }
 
@@ -51,11 +90,12 @@ impl Backoff {
 
     /// The wait after `failed` attempts: full jitter, a uniform draw in
     /// `[0, cap]` (`unit` in `[0, 1)`), lengthened to `retry_after` when the
-    /// server asked for more, and capped at `max_ms` either way.
+    /// server asked for more. `max_ms` caps the backoff, not the server's
+    /// hint (delivery caps that one with `retry_after_max_ms`).
     pub fn wait_ms(&self, failed: u32, unit: f64, retry_after_ms: Option<u64>) -> u64 {
         let cap = self.cap_ms(failed);
         let jittered = (cap as f64 * unit.clamp(0.0, 1.0)) as u64;
-        jittered.max(retry_after_ms.unwrap_or(0)).min(self.max_ms)
+        jittered.max(retry_after_ms.unwrap_or(0))
     }
 }
 
@@ -93,6 +133,26 @@ mod tests {
     }
 
     #[test]
+    fn retry_rules() {
+        let r = RetryRules::new([(404, 404), (400, 499)], 5);
+        assert_eq!(r.classify(404), Verdict::Retry);
+        assert_eq!(r.classify(418), Verdict::Retry);
+        assert_eq!(r.classify(503), Verdict::Final);
+        assert_eq!(r.classify(204), Verdict::Success);
+        assert_eq!(r.classify(700), Verdict::Final);
+        assert_eq!(r.cap(10), 5);
+        let only = RetryRules::new([(404, 404)], 0);
+        assert_eq!(only.classify(404), Verdict::Retry);
+        assert_eq!(only.classify(405), Verdict::Final);
+        assert_eq!(only.classify(500), Verdict::Final);
+        assert_eq!(only.classify(599), Verdict::Final);
+        let all = RetryRules::new([(100, 599)], 0);
+        assert_eq!(all.classify(599), Verdict::Retry);
+        assert_eq!(all.classify(100), Verdict::Retry);
+        assert_eq!(all.classify(200), Verdict::Success);
+    }
+
+    #[test]
     fn default_schedule_caps() {
         let b = Backoff {
             base_ms: 5_000,
@@ -113,7 +173,8 @@ mod tests {
         assert_eq!(b.wait_ms(1, 0.5, None), 500);
         assert_eq!(b.wait_ms(1, 0.5, Some(3_000)), 3_000);
         assert_eq!(b.wait_ms(1, 0.5, Some(100)), 500);
-        assert_eq!(b.wait_ms(1, 0.5, Some(999_999)), 10_000);
+        // The hint is not capped by `max_ms` (delivery caps it).
+        assert_eq!(b.wait_ms(1, 0.5, Some(999_999)), 999_999);
         assert!(b.wait_ms(3, 0.999, None) <= 4_000);
     }
 

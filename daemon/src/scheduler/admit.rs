@@ -127,6 +127,12 @@ impl Engine {
                     })?;
                     batched = true;
                 }
+                if let Some((n, _)) = req.headers.iter().find(|(n, _)| d.credentials.contains(n)) {
+                    return Err(ProtoError::new(
+                        ErrorCode::BadRequest,
+                        format!("destination {name:?} sets `{n}` itself from its credentials (`header_files` or `oauth2`); a send to it may not set it"),
+                    ));
+                }
                 headers = Vec::with_capacity(req.headers.len() + d.headers.len());
                 // A batch takes the destination's headers when it is sent:
                 // its events carry none (nor the `json` content-type).

@@ -187,6 +187,9 @@ struct DestSpec {
     ttl_ms: Option<u64>,
     /// Its batch settings: sends to it are events.
     batch: Option<Arc<BatchSpec>>,
+    /// Headers ffd sets from credentials (`header_files`, `oauth2`): a
+    /// send may not set them.
+    credentials: Vec<HeaderName>,
 }
 
 type Destinations = HashMap<String, DestSpec>;
@@ -213,6 +216,7 @@ fn destinations(cfg: &Config) -> Destinations {
                 max_attempts: d.max_attempts,
                 ttl_ms: d.ttl_ms,
                 batch: d.batch.as_ref().map(|b| Arc::new(b.spec())),
+                credentials: d.credential_headers(),
             };
             Some((name.clone(), spec))
         })
@@ -458,6 +462,8 @@ impl Engine {
             backoff_base_ms,
             backoff_multiplier,
             backoff_max_ms,
+            retry_on,
+            retry_after_max_ms,
             breaker_threshold,
             breaker_cooldown_ms,
             breaker_cooldown_max_ms,

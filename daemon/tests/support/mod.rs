@@ -85,6 +85,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    /// The body; `None`: "sink says hi".
+    pub body: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -93,7 +95,14 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: None,
         }
+    }
+    /// A JSON body (and its content-type).
+    pub fn json(status: u16, body: &str) -> Reply {
+        let mut r = Reply::status(status).header("content-type", "application/json");
+        r.body = Some(body.as_bytes().to_vec());
+        r
     }
     pub fn header(mut self, k: &str, v: &str) -> Reply {
         self.headers.push((k.into(), v.into()));
@@ -329,7 +338,11 @@ async fn handle(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"sink says hi")));
+    let body = match reply.body {
+        Some(b) => Bytes::from(b),
+        None => Bytes::from_static(b"sink says hi"),
+    };
+    let mut resp = hyper::Response::new(Full::new(body));
     *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
     for (k, v) in reply.headers {
         resp.headers_mut().insert(
