@@ -14,6 +14,9 @@ pub struct Final {
     pub stats: serde_json::Value,
     pub metrics: Vec<(String, f64)>,
     pub dead: serde_json::Value,
+    /// Dead letters listed and purged during the run.
+    pub harvested: HashMap<(u32, String), (String, bool)>,
+    pub harvests: u64,
     pub samples: Vec<(String, serde_json::Value)>,
     pub reloads_confirmed: u64,
     pub compactions: u64,
@@ -119,15 +122,12 @@ pub fn run(seed: u64, dir: &Path, uids: &[u32], faults: &Faults, log: &Log, end:
     }
 
     // Dead letters by owner and id.
-    let mut dead: HashMap<(u32, String), (String, bool)> = HashMap::new();
+    // (Those taken out during the run, and those left at the end.)
+    let mut dead = end.harvested.clone();
+    let mut dead_at_end = HashMap::new();
     for d in end.dead["dead"].as_array().into_iter().flatten() {
-        let o = d["owner"].as_u64().unwrap_or(u64::MAX) as u32;
-        let id = d["id"].as_str().unwrap_or("").to_string();
-        let reason = !d["last_status"].is_null() || !d["last_error"].is_null();
-        dead.insert(
-            (o, id),
-            (d["state"].as_str().unwrap_or("").to_string(), reason),
-        );
+        crate::ffd::dead_entry(d, &mut dead);
+        crate::ffd::dead_entry(d, &mut dead_at_end);
     }
     if !end.dead["ok"].as_bool().unwrap_or(false) {
         bad.push(format!("the dead op failed: {}", end.dead));
@@ -337,7 +337,7 @@ pub fn run(seed: u64, dir: &Path, uids: &[u32], faults: &Faults, log: &Log, end:
         (
             "stats dead_letters = the dead op's list",
             stat("dead_letters"),
-            dead.len() as f64,
+            dead_at_end.len() as f64,
         ),
         ("stats queued = 0", stat("queued"), 0.0),
         ("ffd_requests_pending = 0", m("ffd_requests_pending"), 0.0),
@@ -413,6 +413,11 @@ pub fn run(seed: u64, dir: &Path, uids: &[u32], faults: &Faults, log: &Log, end:
         faults.reloads, end.reloads_confirmed
     );
     println!("  disk-full episodes      {}", faults.disk_full);
+    println!(
+        "  dead letters purged     {} (in {} rounds during the run)",
+        end.harvested.len(),
+        end.harvests
+    );
     println!(
         "  ffd RSS max             {} KiB (first half {} KiB); open files max {}",
         end.rss_max_kib, end.rss_first_half_kib, end.fds_max

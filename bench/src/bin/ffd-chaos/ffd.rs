@@ -2,6 +2,7 @@
 //! what its stderr says, and its control socket and metrics.
 
 use crate::sender::now_ms;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -133,6 +134,46 @@ impl Ffd {
         serde_json::from_str(&answer).ok()
     }
 
+    /// Takes the dead letters out: lists them into `into` (owner and id →
+    /// state, and whether it has a reason), then purges each by its key, so
+    /// a long run's dead letters do not pile up in ffd. Returns how many.
+    pub fn harvest(&self, into: &mut HashMap<(u32, String), (String, bool)>) -> usize {
+        let Some(list) = self.op(r#"{"op":"dead"}"#) else {
+            return 0;
+        };
+        let keys: Vec<String> = list["dead"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let (o, id) = dead_entry(d, into);
+                format!("{o}:{id}")
+            })
+            .collect();
+        let Ok(mut s) = UnixStream::connect(&self.socket) else {
+            return 0;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        for chunk in keys.chunks(200) {
+            let text: String = chunk
+                .iter()
+                .map(|k| serde_json::json!({"op": "purge", "id": k}).to_string() + "\n")
+                .collect();
+            if s.write_all(text.as_bytes()).is_err() {
+                break;
+            }
+            let mut line = String::new();
+            for _ in chunk {
+                line.clear();
+                if !matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                    return keys.len();
+                }
+            }
+        }
+        keys.len()
+    }
+
     /// Waits until ffd answers `stats` (bounded).
     pub fn wait_ready(&self, limit: Duration) -> bool {
         let started = Instant::now();
@@ -164,6 +205,21 @@ impl Ffd {
                 .collect(),
         )
     }
+}
+
+/// Notes one entry of the `dead` op's list; returns its owner and id.
+pub fn dead_entry(
+    d: &serde_json::Value,
+    into: &mut HashMap<(u32, String), (String, bool)>,
+) -> (u32, String) {
+    let o = d["owner"].as_u64().unwrap_or(u64::MAX) as u32;
+    let id = d["id"].as_str().unwrap_or("").to_string();
+    let reason = !d["last_status"].is_null() || !d["last_error"].is_null();
+    into.insert(
+        (o, id.clone()),
+        (d["state"].as_str().unwrap_or("").to_string(), reason),
+    );
+    (o, id)
 }
 
 pub fn metric(m: &[(String, f64)], key: &str) -> f64 {

@@ -23,6 +23,7 @@ mod sender;
 use ffd::Ffd;
 use gen::Rng;
 use sender::now_ms;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -351,11 +352,24 @@ fn run(seed: u64, minutes: f64, bin: PathBuf, dir: &Path) -> i32 {
     let mut rng = Rng::new(&[seed, 0xfa17]);
     let started = Instant::now();
     let run_for = Duration::from_millis(run_ms);
+    let mut harvested = HashMap::new();
+    let mut harvests = 0;
+    let mut last_harvest = Instant::now();
     while started.elapsed() < run_for {
         let pause = Duration::from_millis(rng.range(1200, 3500));
         std::thread::sleep(pause.min(run_for.saturating_sub(started.elapsed())));
         if started.elapsed() >= run_for {
             break;
+        }
+        // Every 30 s, the dead letters are noted and purged (a long run's
+        // would otherwise fill ffd's memory and the `dead` answer); once
+        // replay has brought them all back.
+        if last_harvest.elapsed() > Duration::from_secs(30)
+            && ffd.seen.replayed.load(Ordering::Relaxed)
+        {
+            ffd.harvest(&mut harvested);
+            harvests += 1;
+            last_harvest = Instant::now();
         }
         let pick = rng.below(100);
         match pick {
@@ -508,6 +522,8 @@ fn run(seed: u64, minutes: f64, bin: PathBuf, dir: &Path) -> i32 {
         stats,
         metrics,
         dead,
+        harvested,
+        harvests,
         samples,
         reloads_confirmed: confirmed,
         compactions: ffd.seen.compactions.load(Ordering::Relaxed),
