@@ -189,6 +189,9 @@ def _request(
     return _ENCODER.encode(r).encode("utf-8") + b"\n"
 
 
+_OK_ID = b'{"ok":true,"id":"'
+
+
 def _answer(raw: bytes) -> Dict[str, Any]:
     try:
         answer = _json.loads(raw)
@@ -452,7 +455,14 @@ class Pipeline:
             data = self._rbuf + chunk
             lines = data.split(b"\n")
             self._rbuf = lines.pop()
+            ids = self.ids
             for raw in lines:
+                # Nearly every answer is `{"ok":true,"id":"..."}` with a plain
+                # id: taken apart here, it costs a tenth of `json.loads`.
+                if raw.startswith(_OK_ID) and raw.endswith(b'"}') and raw.count(b'"') == 6 and b"\\" not in raw:
+                    ids.append(raw[17:-2].decode())
+                    self._answered += 1
+                    continue
                 answer = _answer(raw)
                 if answer["ok"]:
                     self.ids.append(str(answer["id"]))
