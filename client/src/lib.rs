@@ -32,6 +32,11 @@ pub use ffd_proto;
 #[doc = include_str!("../../README.md")]
 struct ReadmeExample;
 
+/// The Rust example of docs/languages.md, compiled too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/languages.md")]
+struct LanguagesExample;
+
 /// Why a call failed.
 #[derive(Debug)]
 pub enum Error {

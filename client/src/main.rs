@@ -9,60 +9,9 @@ use std::io::{BufRead, Read};
 use std::process::ExitCode;
 use text::{event_line, now_ms, stats_text, status_text};
 
-const USAGE: &str = "\
-usage: ffclient [--socket PATH] COMMAND
-
-commands:
-  send [METHOD] URL [options]   queue one request; prints its id
-      -X, --request METHOD      method (default POST with a body, else GET)
-      -H, --header 'Name: value'
-      -d, --data DATA           body (@FILE reads a file); sets form content-type
-          --data-binary DATA    body sent as is (@FILE reads a file, @- stdin)
-          --json DATA           JSON body (@FILE reads a file), checked here (invalid
-                                JSON: exit 2, with its place in DATA); sets
-                                content-type and accept: application/json (as curl
-                                does; -H overrides)
-          --id ID               idempotency key (default: ffd makes one)
-          --timeout MS          per-attempt timeout
-          --max-attempts N
-          --ttl MS              give up this long after acceptance
-          --delay MS            do not deliver before this long
-      URL is absolute: http://HOST[:PORT]/PATH or https://...; the standard
-      methods may be written in lower case (post is sent as POST)
-  send [METHOD] --dest NAME [--path P] [options]
-                                to a destination named in ffd's config, with
-                                P (/path?query) appended to its URL
-  send -                        NDJSON requests from stdin, pipelined; prints ids
-  ping                          check that ffd answers
-  stats [--json]                counters, queue depth, hosts (--json: the raw answer)
-  status ID [--json]            where one request stands, in words (--json: raw)
-  dead [--limit N] [--json]     dead letters, in words (--json: the raw answer)
-  replay ID|--all [--json]      send dead letters again; prints how many
-  purge ID|--all [--json]       forget dead letters; prints how many
-  cancel ID | --all [--host H | --dest D]
-                                stop pending requests (yours; root and ffd's user:
-                                anyone's, naming another user's as UID:ID); prints
-                                how many were cancelled. --host as status shows it
-                                (http://127.0.0.1:8080)
-  tail [options]                live events, one line each, until Ctrl-C
-      --host HOST               only requests to HOST (host, host:port or URL form)
-      --dest NAME               only requests to the named destination
-      --event EVENT             only this event (repeatable): accepted, attempt,
-                                retry, delivered, dead, expired, cancelled; host_failing,
-                                host_paused, host_recovered (root and ffd's user)
-      --json                    the raw JSON lines
-  top [--once]                  a row per host, every second: pending, oldest ready,
-                                in flight/limit, breaker, success %, p95, last error;
-                                --once (or output that is not a terminal): one table
-
-The socket is --socket, else $FFD_SOCKET, else ffd's default path:
-/run/ffd/ffd.sock as root; else your user's socket if it exists:
-$XDG_RUNTIME_DIR/ffd.sock, or /tmp/ffd-UID/ffd.sock when $XDG_RUNTIME_DIR
-is unset (where ffd listens then); else /run/ffd/ffd.sock if it exists
-(the system service, group ffd); else your user's socket.
-
-exit codes: 0 ok, 2 usage error, 3 rejected by ffd, 4 ffd unreachable,
-5 other error (I/O, unexpected answer)";
+/// `ffclient --help`; also the source of the man page ffclient(1) and the
+/// shell completions (daemon/examples/package-assets.rs).
+const USAGE: &str = include_str!("usage.txt");
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_REJECTED: u8 = 3;

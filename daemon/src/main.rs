@@ -1,67 +1,13 @@
 //! `ffd`: flags → config → [`ffd::run`]. Everything else is in the library.
 
+mod cli;
+
 use anyhow::Result;
-use clap::{Parser, Subcommand};
-use ffd::config::{Config, FsyncMode, LogFormat, SpoolMode};
-use std::path::PathBuf;
+use clap::Parser;
+use cli::{Cli, Command, SpoolCommand};
+use ffd::config::{Config, SpoolMode};
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// Local relay for fire-and-forget HTTP: takes requests as JSON lines on a
-/// Unix socket, acknowledges at once, delivers in the background.
-#[derive(Parser, Debug, Clone)]
-#[command(name = "ffd", version, about, long_about = None)]
-struct Cli {
-    /// TOML config file (see ffd.example.toml); flags override it.
-    #[arg(long, short = 'c', value_name = "FILE", env = "FFD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Unix socket path [default: /run/ffd/ffd.sock as root, else
-    /// $XDG_RUNTIME_DIR/ffd.sock, else /tmp/ffd-UID/ffd.sock when
-    /// $XDG_RUNTIME_DIR is unset]
-    #[arg(long, value_name = "PATH", env = "FFD_SOCKET")]
-    socket: Option<PathBuf>,
-    /// Spool directory.
-    #[arg(long, value_name = "DIR")]
-    spool: Option<PathBuf>,
-    /// Keep accepted requests in memory only (lost when ffd stops).
-    #[arg(long)]
-    memory: bool,
-    /// When the spool syncs: never (survives a crash of ffd) or always (survives power loss).
-    #[arg(long, value_enum)]
-    fsync: Option<FsyncMode>,
-    /// Log format.
-    #[arg(long, value_enum)]
-    log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `ffd=debug`.
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
-    /// Check the config (file and flags) and exit: 0 if valid.
-    #[arg(long)]
-    check_config: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug, Clone)]
-enum Command {
-    /// Spool tools.
-    Spool {
-        #[command(subcommand)]
-        command: SpoolCommand,
-    },
-}
-
-#[derive(Subcommand, Debug, Clone)]
-enum SpoolCommand {
-    /// Read a spool without changing it; report records, pending, dead and damage.
-    Check {
-        /// The spool directory.
-        dir: PathBuf,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> ExitCode {
     limit_arenas();
@@ -87,7 +33,10 @@ fn limit_arenas() {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(mut cli: Cli) -> Result<ExitCode> {
+    if let Some(Some(path)) = &cli.check_config {
+        cli.config = Some(path.clone());
+    }
     if let Some(Command::Spool {
         command: SpoolCommand::Check { dir, json },
     }) = &cli.command
@@ -100,7 +49,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         });
     }
     let cfg = load_config(&cli, false)?;
-    if cli.check_config {
+    if cli.check_config.is_some() {
         let what = cli.config.as_deref().map(|p| p.display().to_string());
         println!("{}: ok", what.as_deref().unwrap_or("embedded defaults"));
         return Ok(ExitCode::SUCCESS);

@@ -621,9 +621,12 @@ fn check_config_explains_every_refusal() {
 }
 
 #[test]
-fn the_readme_login_examples_parse() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+fn the_docs_login_examples_parse() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
     let start = readme.find("### Logging in: OAuth2").unwrap();
     let end = readme[start..].find("### Destination policy").unwrap() + start;
     let mut blocks = 0;

@@ -13,18 +13,42 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{bin, Daemon, Sink, FAST, T};
 
+/// The pages a snippet may live in: the README and every page of `docs/`.
+fn doc_pages() -> Vec<PathBuf> {
+    let mut pages = vec![repo().join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+}
+
+/// The code block after `<!-- test: TAG -->`, wherever the docs put it (the
+/// README or a page of `docs/`). A snippet quoted on several pages must be
+/// the same everywhere.
 fn readme_block(tag: &str) -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let marker = format!("<!-- test: {tag} -->");
-    let start = readme
-        .find(&marker)
-        .unwrap_or_else(|| panic!("README has no {marker}"));
-    let rest = &readme[start..];
-    let open = rest.find("```").unwrap();
-    let body_start = open + rest[open..].find('\n').unwrap() + 1;
-    let close = body_start + rest[body_start..].find("```").unwrap();
-    rest[body_start..close].to_string()
+    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    for page in doc_pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (start, _) in text.match_indices(&marker) {
+            let rest = &text[start..];
+            let open = rest.find("```").unwrap();
+            let body_start = open + rest[open..].find('\n').unwrap() + 1;
+            let close = body_start + rest[body_start..].find("```").unwrap();
+            found.push((page.clone(), rest[body_start..close].to_string()));
+        }
+    }
+    let (_, first) = found
+        .first()
+        .unwrap_or_else(|| panic!("no page of README.md or docs/ has {marker}"));
+    for (page, body) in &found {
+        assert_eq!(body, first, "{}: {marker} differs", page.display());
+    }
+    first.clone()
 }
 
 /// The snippets that send the README's request: (tag, program, flag).
@@ -423,4 +447,44 @@ fn the_temp_dir_socket_fallback_is_documented() {
     }
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     assert!(readme.contains("`/tmp/ffd-UID/ffd.sock` when `$XDG_RUNTIME_DIR` is unset"));
+}
+
+/// docs/configuration.md quotes `daemon/ffd.example.toml` whole, so the page
+/// names every key.
+#[test]
+fn the_configuration_page_quotes_the_example_config_whole() {
+    let page = std::fs::read_to_string(repo().join("docs/configuration.md")).unwrap();
+    let example = std::fs::read_to_string(repo().join("daemon/ffd.example.toml")).unwrap();
+    let start = page
+        .find("<!-- example: ffd.example.toml -->\n```toml\n")
+        .expect("the page marks the example");
+    let body = &page[start..];
+    let body = &body[body.find("```toml\n").unwrap() + 8..];
+    let body = &body[..body.find("```").unwrap()];
+    assert_eq!(
+        body, example,
+        "docs/configuration.md differs from ffd.example.toml"
+    );
+}
+
+/// Every relative link of the README and `docs/` names a file that exists.
+#[test]
+fn the_docs_links_lead_somewhere() {
+    for page in doc_pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let dir = page.parent().unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let target = &rest[..rest.find(')').unwrap()];
+            let file = target.split('#').next().unwrap();
+            if file.is_empty() || file.contains("://") || file.starts_with("mailto:") {
+                continue;
+            }
+            assert!(
+                dir.join(file).exists(),
+                "{}: link to {target} leads nowhere",
+                page.display()
+            );
+        }
+    }
 }

@@ -391,6 +391,27 @@ fn bad_config_stops_ffd_with_file_key_and_reason() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `--check-config FILE`, as the package's docs write it, checks FILE.
+    let out = Command::new(bin("ffd"))
+        .args(["--check-config", example])
+        .env_remove("FFD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ffd.example.toml: ok"));
+    let bad = dir.path().join("typo.toml");
+    std::fs::write(&bad, "max_conections = 1\n").unwrap();
+    let out = Command::new(bin("ffd"))
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("typo.toml"));
 }
 
 #[test]

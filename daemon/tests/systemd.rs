@@ -270,12 +270,12 @@ fn peers_outside_allowed_uids_and_gids_are_forbidden() {
     assert_eq!(d.stats()["rejected"]["forbidden"], 2);
 }
 
-/// Every `file://` page a unit's `Documentation=` names is one the README's
-/// install steps put there (a link to nothing helps no one).
+/// Every `file://` page a unit's `Documentation=` names is one the install
+/// steps of docs/operations.md put there (a link to nothing helps no one).
 #[test]
-fn the_units_documentation_is_installed_by_the_readme() {
+fn the_units_documentation_is_installed_by_the_docs() {
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let readme = std::fs::read_to_string(format!("{repo}/README.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{repo}/docs/operations.md")).unwrap();
     let mut checked = 0;
     for unit in [
         "systemd/ffd.service",
@@ -296,7 +296,7 @@ fn the_units_documentation_is_installed_by_the_readme() {
                 });
                 assert!(
                     installed,
-                    "{unit}: Documentation={doc} is not installed by the README"
+                    "{unit}: Documentation={doc} is not installed by docs/operations.md"
                 );
                 checked += 1;
             } else {
