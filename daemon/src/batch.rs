@@ -68,10 +68,12 @@ impl BatchSpec {
     }
 
     /// Checks one event's body at ACK and returns what will be sent of it:
-    /// a JSON body compact, anything else as it is. `Err` says why it is
+    /// a JSON body compact, anything else as it is. `known_json`: the
+    /// caller already knows the body is valid JSON. `Err` says why it is
     /// refused (in the words of the destination's rules).
-    pub fn event(&self, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+    pub fn event(&self, body: Vec<u8>, known_json: bool) -> Result<Vec<u8>, String> {
+        // A `json` field was parsed with the line: not parsed again.
+        let is_json = known_json || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
         let body = match self.format {
             Format::JsonArray if !is_json => {
                 return Err(
@@ -192,10 +194,10 @@ mod tests {
         ];
         for (format, prefix, suffix, want) in cases {
             let s = spec(format, prefix, suffix, 1 << 20);
-            let a = s.event(b"{ \"a\" :\n 1 }".to_vec()).unwrap();
+            let a = s.event(b"{ \"a\" :\n 1 }".to_vec(), false).unwrap();
             let b = match format {
-                Format::Ndjson => s.event(b"x y".to_vec()).unwrap(),
-                Format::JsonArray => s.event(b"\"x y\"".to_vec()).unwrap(),
+                Format::Ndjson => s.event(b"x y".to_vec(), false).unwrap(),
+                Format::JsonArray => s.event(b"\"x y\"".to_vec(), true).unwrap(),
             };
             let body = s.build([&a[..], &b[..]].into_iter());
             assert_eq!(String::from_utf8(body.clone()).unwrap(), want);
@@ -208,21 +210,21 @@ mod tests {
     fn events_that_break_the_format_or_cannot_fit_are_refused() {
         let arr = spec(Format::JsonArray, "", "", 1 << 20);
         assert!(arr
-            .event(b"not json".to_vec())
+            .event(b"not json".to_vec(), false)
             .unwrap_err()
             .contains("not valid JSON"));
         let nd = spec(Format::Ndjson, "", "", 1 << 20);
         assert!(nd
-            .event(b"two\nlines".to_vec())
+            .event(b"two\nlines".to_vec(), false)
             .unwrap_err()
             .contains("newline"));
         // A JSON body with line breaks is made one line.
-        assert_eq!(nd.event(b"[1,\n2]".to_vec()).unwrap(), b"[1,2]");
+        assert_eq!(nd.event(b"[1,\n2]".to_vec(), false).unwrap(), b"[1,2]");
         // 10 bytes: prefix 3 + event 5 + newline 1 + suffix 1 = 10 fits, 11 does not.
         let small = spec(Format::Ndjson, "abc", "z", 10);
-        assert!(small.event(b"12345".to_vec()).is_ok());
+        assert!(small.event(b"12345".to_vec(), false).is_ok());
         assert!(small
-            .event(b"123456".to_vec())
+            .event(b"123456".to_vec(), false)
             .unwrap_err()
             .contains("max_bytes"));
     }

@@ -87,6 +87,9 @@ pub struct SendRequest {
     /// name, in that order: a batching destination shapes its requests
     /// alone and refuses a send that sets any of them.
     pub shaped: Vec<&'static str>,
+    /// The body came from `json`: it is valid JSON (checked here), only
+    /// perhaps not compact.
+    pub body_is_json: bool,
 }
 
 /// A control op (`{"op": ...}`).
@@ -664,6 +667,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
         ));
     }
     let has_body = bodies.iter().any(|b| *b);
+    let body_is_json = raw.json.is_some();
     let body = if let Some(text) = raw.body {
         text.into_owned().into_bytes()
     } else if let Some(b64) = raw.body_base64 {
@@ -728,6 +732,7 @@ fn validate_send(raw: RawLine) -> Result<SendRequest, ProtoError> {
     }
 
     Ok(SendRequest {
+        body_is_json,
         shaped,
         id,
         method,

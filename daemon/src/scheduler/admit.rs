@@ -119,12 +119,14 @@ impl Engine {
                             format!("destination {name:?} batches its events: its method, path, headers, timeout and attempts come from the config, so a send to it may not set `{field}`"),
                         ));
                     }
-                    body = spec.event(std::mem::take(&mut body)).map_err(|why| {
-                        ProtoError::new(
-                            ErrorCode::BadRequest,
-                            format!("destination {name:?} batches its events: {why}"),
-                        )
-                    })?;
+                    body = spec
+                        .event(std::mem::take(&mut body), req.body_is_json)
+                        .map_err(|why| {
+                            ProtoError::new(
+                                ErrorCode::BadRequest,
+                                format!("destination {name:?} batches its events: {why}"),
+                            )
+                        })?;
                     batched = true;
                 }
                 if let Some((n, _)) = req.headers.iter().find(|(n, _)| d.credentials.contains(n)) {

@@ -632,8 +632,12 @@ impl State {
                 let kick = self.host_answered(hi, a, now, dcfg);
                 let text = delivered_text(job, live.len());
                 for id in &live {
-                    self.note_event(id, a, now);
+                    // Delivered: its attempt count and status, and the
+                    // batch's text; no per-event history or snippet (its
+                    // `status` names the batch).
                     if let Some(e) = self.entries.get_mut(id) {
+                        e.attempts = e.attempts.saturating_add(1);
+                        e.last_status = a.status;
                         e.last_error = Some(text.clone());
                         e.snippet = None;
                     }
@@ -744,10 +748,19 @@ impl State {
     /// An attempt noted on one event of a batch: attempts, last status,
     /// error and snippet, history. Returns its attempts so far.
     fn note_event(&mut self, id: &Arc<str>, a: &Attempt, now: u64) -> Option<u32> {
+        // The batch's error text, shared by its events (see `note_attempt`).
+        let host_error = self
+            .hosts
+            .get(self.entries.get(id)?.host as usize)?
+            .last_error
+            .clone();
         let e = self.entries.get_mut(id)?;
         e.attempts = e.attempts.saturating_add(1);
         e.last_status = a.status;
-        e.last_error = a.error.as_deref().map(Into::into);
+        e.last_error = a.error.as_deref().map(|msg| match &host_error {
+            Some(x) if &**x == msg => x.clone(),
+            _ => Arc::from(msg),
+        });
         e.snippet = a.snippet.as_deref().map(Into::into);
         let attempts = e.attempts;
         self.history.note(

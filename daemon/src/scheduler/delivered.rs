@@ -151,7 +151,7 @@ impl Delivered {
         }
         // The same URL as the last one: one copy of its text.
         let text = match (text, self.ring.back().and_then(|r| r.text.as_ref())) {
-            (Some(t), Some(last)) if *t == **last => Some(last.clone()),
+            (Some(t), Some(last)) if Arc::ptr_eq(&t, last) || *t == **last => Some(last.clone()),
             (t, _) => t,
         };
         let seq = self.first + self.ring.len() as u64;
