@@ -187,8 +187,8 @@ impl State {
                 continue;
             }
             let Some(spec) = host.limits.batch.clone() else {
-                // No longer a batching destination (SIGHUP): its events
-                // go one by one.
+                // Its destination left the config (SIGHUP): its events go
+                // one by one, and end with that error.
                 let held = std::mem::take(&mut host.batch.held);
                 for h in held {
                     for id in h.ids {
@@ -296,15 +296,13 @@ impl State {
         if events.is_empty() {
             return None;
         }
-        let info = Arc::new(BatchInfo {
+        let info = BatchInfo {
             id: id.clone(),
             events: events.len(),
             send: sends,
             in_flight: true,
-        });
-        for (k, _) in &events {
-            self.batch_of.insert(k.clone(), info.clone());
-        }
+        };
+        self.note_batch(events.iter().map(|(k, _)| k), info);
         let host = &mut self.hosts[hi as usize];
         if let Some(b) = &mut host.bucket {
             b.take(now);
@@ -328,15 +326,13 @@ impl State {
     /// Keeps `ids` together as a batch that goes at `due_ms` (a half of a
     /// split: now; a retry: after its backoff).
     fn hold(&mut self, hi: u32, id: Arc<str>, ids: Vec<Arc<str>>, due_ms: u64, sends: u32) {
-        let info = Arc::new(BatchInfo {
+        let info = BatchInfo {
             id: id.clone(),
             events: ids.len(),
             send: sends + 1,
             in_flight: false,
-        });
-        for k in &ids {
-            self.batch_of.insert(k.clone(), info.clone());
-        }
+        };
+        self.note_batch(ids.iter(), info);
         let lane = &mut self.hosts[hi as usize].batch;
         if lane.held.is_empty() && !self.holding.contains(&hi) {
             self.holding.push(hi);
@@ -347,6 +343,14 @@ impl State {
             due_ms,
             sends,
         });
+    }
+
+    /// Notes for `status` that `keys` are in the batch `info` says.
+    fn note_batch<'a>(&mut self, keys: impl Iterator<Item = &'a Arc<str>>, info: BatchInfo) {
+        let info = Arc::new(info);
+        for k in keys {
+            self.batch_of.insert(k.clone(), info.clone());
+        }
     }
 
     /// An event of a held batch whose lane no longer batches: queued alone.

@@ -106,7 +106,24 @@ impl State {
             // No place: its record stays live until page-in skips it.
             s.record(&r.id, None, Outcome::cancelled(r.state.attempts, now));
         }
-        // Kept for `status`, as a delivered request is.
+        self.keep_cancelled(r, host, now, history);
+        self.metrics.finished("cancelled");
+        self.emit("cancelled", &r.id, |_| {});
+        // The lane may now have room to read its next requests back.
+        self.want_page_in(host);
+        true
+    }
+
+    /// A cancelled request known only by its spool record (paged out, or
+    /// read back at start) kept for `status` as an entry, as long as the
+    /// status history keeps cancelled requests.
+    pub(super) fn keep_cancelled(
+        &mut self,
+        r: &Restored,
+        host: u32,
+        finished_ms: u64,
+        history: usize,
+    ) {
         self.entries.insert(
             r.id.clone(),
             Entry {
@@ -120,22 +137,17 @@ impl State {
                 attempts: r.state.attempts,
                 next_ms: u64::MAX,
                 accepted_ms: r.accepted_ms,
-                finished_ms: now,
+                finished_ms,
                 bytes: 0,
                 size: 0,
-                last_status: None,
+                last_status: r.state.status,
                 last_error: None,
-                snippet: None,
+                snippet: r.state.snippet.clone().map(Into::into),
                 dead_seq: 0,
                 delayed: false,
             },
         );
-        self.metrics.finished("cancelled");
         self.remember_cancelled(r.id.clone(), history);
-        self.emit("cancelled", &r.id, |_| {});
-        // The lane may now have room to read its next requests back.
-        self.want_page_in(host);
-        true
     }
 
     /// The key `id` names for `viewer` in memory: the viewer's own id

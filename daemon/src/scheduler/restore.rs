@@ -232,29 +232,6 @@ impl Engine {
             return;
         }
         let host = st.host_for_key(&r.host, r.dest.as_deref());
-        st.entries.insert(
-            r.id.clone(),
-            Entry {
-                job: JobRef::Gone,
-                committed: true,
-                host,
-                owner: r.owner.map_or(NO_OWNER, |o| o.uid),
-                max_attempts: r.max_attempts,
-                expires_ms: r.expires_ms,
-                phase: Phase::Cancelled,
-                attempts: r.state.attempts,
-                next_ms: u64::MAX,
-                accepted_ms: r.accepted_ms,
-                finished_ms: r.state.at_ms,
-                bytes: 0,
-                size: 0,
-                last_status: r.state.status,
-                last_error: None,
-                snippet: r.state.snippet.map(Into::into),
-                dead_seq: 0,
-                delayed: false,
-            },
-        );
-        st.remember_cancelled(r.id, history);
+        st.keep_cancelled(&r, host, r.state.at_ms, history);
     }
 }
