@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{pipelined, wait_until, Daemon, Recorded, Reply, Sink, FAST, T};
+use support::{pipelined, status, wait_state, wait_until, Daemon, Recorded, Reply, Sink, FAST, T};
 
 /// A config with one batching destination `ev` posting to `sink`'s
 /// `/batch`: `dest` keys for the destination, `batch` for its batch table.
@@ -56,26 +56,6 @@ fn delivered_counts(sink: &Sink, ok: impl Fn(&Recorded) -> bool) -> HashMap<u64,
         }
     }
     seen
-}
-
-fn status(d: &Daemon, id: &str) -> Value {
-    d.client().status(id).unwrap()
-}
-
-fn wait_state(d: &Daemon, id: &str, state: &str) -> Value {
-    wait_until(
-        &format!("{id} {state}"),
-        T,
-        Duration::from_millis(20),
-        || {
-            let s = status(d, id);
-            if s["state"] == state {
-                Ok(s)
-            } else {
-                Err(format!("{s}\n{}", d.logs()))
-            }
-        },
-    )
 }
 
 #[test]

@@ -7,10 +7,10 @@
 mod support;
 
 use ffclient::{Error, Request};
-use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{
-    python_signature, wait_until, Daemon, Proxy, Recorded, Reply, Sink, TestCa, Tripwire, FAST, T,
+    python_signature, status, wait_state, wait_until, Daemon, Proxy, Recorded, Reply, Sink, TestCa,
+    Tripwire, FAST, T,
 };
 
 const SECRET_A: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -48,26 +48,6 @@ fn rejected(d: &Daemon, line: &str) -> (String, String) {
         }) => (code_str, message),
         other => panic!("{line}: expected a refusal, got {other:?}"),
     }
-}
-
-fn status(d: &Daemon, id: &str) -> Value {
-    d.client().status(id).unwrap()
-}
-
-fn wait_state(d: &Daemon, id: &str, state: &str) -> Value {
-    wait_until(
-        &format!("{id} to be {state}"),
-        T,
-        Duration::from_millis(20),
-        || {
-            let s = status(d, id);
-            if s["state"] == state {
-                Ok(s)
-            } else {
-                Err(format!("{s}\n{}", d.logs()))
-            }
-        },
-    )
 }
 
 #[test]

@@ -43,6 +43,28 @@ pub fn wait_until<R>(
     }
 }
 
+/// `status` of `id`, as the test's own user.
+pub fn status(d: &Daemon, id: &str) -> Value {
+    d.client().status(id).unwrap()
+}
+
+/// Waits until `id` is in `state`; its status then.
+pub fn wait_state(d: &Daemon, id: &str, state: &str) -> Value {
+    wait_until(
+        &format!("{id} to be {state}"),
+        T,
+        Duration::from_millis(20),
+        || {
+            let s = status(d, id);
+            if s["state"] == state {
+                Ok(s)
+            } else {
+                Err(format!("{s}\n{}", d.logs()))
+            }
+        },
+    )
+}
+
 /// The proxy variables ffd reads; removed from its environment unless a
 /// test sets them.
 pub const PROXY_VARS: [&str; 8] = [
