@@ -168,8 +168,11 @@ pub struct Faults {
     /// Every kill -9: when, and since when outcome records may have been
     /// kept from the spool (a full disk holds them in memory).
     pub kill_times: Vec<(u64, u64)>,
-    /// Unix ms since when the spool's filesystem is full.
+    /// Unix ms since when the spool's filesystem is full (since it began
+    /// to be filled).
     pub full_since: Option<u64>,
+    /// Every fault with its time (Unix ms), to explain a duplicate.
+    pub timeline: Vec<(u64, &'static str)>,
     pub problems: Vec<String>,
 }
 
@@ -294,6 +297,7 @@ fn run(seed: u64, minutes: f64, bin: PathBuf, dir: &Path) -> i32 {
     let mut faults = Faults::default();
     let restart = |ffd: &mut Ffd, faults: &mut Faults| {
         shared.epoch.fetch_add(1, Ordering::SeqCst);
+        faults.timeline.push((now_ms(), "start"));
         ffd.start();
         if !ffd.wait_ready(Duration::from_secs(20)) {
             faults.problems.push(format!(
@@ -403,6 +407,7 @@ fn run(seed: u64, minutes: f64, bin: PathBuf, dir: &Path) -> i32 {
             }
             50..=64 => {
                 faults.sigterms += 1;
+                faults.timeline.push((now_ms(), "SIGTERM"));
                 let stats = ffd.op(r#"{"op":"stats"}"#);
                 match ffd.term(Duration::from_secs(15)) {
                     Some(s) if s.success() => {}
@@ -420,12 +425,16 @@ fn run(seed: u64, minutes: f64, bin: PathBuf, dir: &Path) -> i32 {
                 write_config(variant);
                 ffd.signal(libc::SIGHUP);
                 faults.reloads += 1;
+                faults.timeline.push((now_ms(), "SIGHUP"));
             }
             _ => {
                 let Some(t) = &tmpfs else { continue };
                 faults.disk_full += 1;
-                t.fill();
+                faults.timeline.push((now_ms(), "filling the disk"));
+                // From the start of the filling: writes fail part-way in.
                 faults.full_since = Some(now_ms());
+                t.fill();
+                faults.timeline.push((now_ms(), "disk full"));
                 let hold = rng.range(1500, 4000);
                 std::thread::sleep(Duration::from_millis(hold / 2));
                 if rng.chance(40) {
@@ -437,6 +446,7 @@ fn run(seed: u64, minutes: f64, bin: PathBuf, dir: &Path) -> i32 {
                 std::thread::sleep(Duration::from_millis(hold / 2));
                 t.free();
                 faults.full_since = None;
+                faults.timeline.push((now_ms(), "disk freed"));
             }
         }
     }
@@ -547,5 +557,6 @@ fn kill9(ffd: &mut Ffd, faults: &mut Faults) {
     let since = faults.full_since.map_or(now - 1500, |f| f.min(now - 1500));
     faults.kill_times.push((now, since));
     faults.kills += 1;
+    faults.timeline.push((now, "kill -9"));
     ffd.kill9();
 }

@@ -30,6 +30,9 @@ pub struct Delivery {
     pub sender: u16,
     pub seq: u32,
     pub at_ms: u64,
+    /// When the whole answer had been written (0: it never was, ffd had
+    /// gone or given up).
+    pub done_ms: u64,
     /// What `ffd-id` said, for a request without a client id (else empty).
     pub ffd_id: String,
 }
@@ -199,9 +202,15 @@ async fn conn(mut s: TcpStream, port: usize, shared: Arc<Shared>) {
             Behaviour::Ok | Behaviour::SlowBody => {
                 // Counted before the answer is written: a kill -9 after this
                 // instant may leave ffd without the outcome.
-                check(&shared, port, &req, epoch);
+                let noted = check(&shared, port, &req, epoch);
                 if b == Behaviour::Ok {
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    if s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 } else {
                     if s
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\n")
@@ -216,8 +225,13 @@ async fn conn(mut s: TcpStream, port: usize, shared: Arc<Shared>) {
                             return;
                         }
                     }
-                    continue;
                 }
+                let done = now_ms();
+                let mut l = shared.log.lock().unwrap();
+                for d in &mut l.deliveries[noted] {
+                    d.done_ms = done;
+                }
+                continue;
             }
             Behaviour::Error500 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\nboom",
             Behaviour::TooMany429 => {
@@ -257,7 +271,7 @@ async fn conn(mut s: TcpStream, port: usize, shared: Arc<Shared>) {
 }
 
 /// Records a 2xx request's events, checking each against its token.
-fn check(shared: &Shared, port: usize, req: &Request, epoch: u32) {
+fn check(shared: &Shared, port: usize, req: &Request, epoch: u32) -> std::ops::Range<usize> {
     let ports = *shared.ports.lock().unwrap();
     let ffd_id = req.header("ffd-id").unwrap_or("");
     let mut found: Vec<(u16, u32)> = Vec::new();
@@ -275,7 +289,7 @@ fn check(shared: &Shared, port: usize, req: &Request, epoch: u32) {
                 .is_err()
             {
                 shared.mismatch("a batch body that is not gzip".into());
-                return;
+                return 0..0;
             }
             body = out;
         }
@@ -312,7 +326,7 @@ fn check(shared: &Shared, port: usize, req: &Request, epoch: u32) {
                 "a request without a token: {} {}",
                 req.method, req.target
             ));
-            return;
+            return 0..0;
         };
         let want = gen::make(shared.seed, sender, seq, ports);
         let mut bad = Vec::new();
@@ -377,14 +391,17 @@ fn check(shared: &Shared, port: usize, req: &Request, epoch: u32) {
     let e = l.per_epoch.entry(epoch).or_default();
     e.0 += 1;
     e.1 += found.len() as u64;
+    let first = l.deliveries.len();
     for (sender, seq) in found {
         l.deliveries.push(Delivery {
             sender,
             seq,
             at_ms,
+            done_ms: 0,
             ffd_id: own_id.clone(),
         });
     }
+    first..l.deliveries.len()
 }
 
 /// Standard Webhooks: webhook-id is ffd-id, and one signature verifies.
