@@ -186,14 +186,14 @@ def _request(
                 parts.append('"body_base64":"' + base64.b64encode(raw).decode("ascii") + '"')
     if id is not None:
         parts.append('"id":' + _str(id))
-    for name, value in (
-        ("timeout_ms", timeout_ms),
-        ("max_attempts", max_attempts),
-        ("ttl_ms", ttl_ms),
-        ("delay_ms", delay_ms),
-    ):
-        if value is not None:
-            parts.append('"' + name + '":' + _ENCODER.encode(value))
+    if timeout_ms is not None:
+        parts.append('"timeout_ms":' + _ENCODER.encode(timeout_ms))
+    if max_attempts is not None:
+        parts.append('"max_attempts":' + _ENCODER.encode(max_attempts))
+    if ttl_ms is not None:
+        parts.append('"ttl_ms":' + _ENCODER.encode(ttl_ms))
+    if delay_ms is not None:
+        parts.append('"delay_ms":' + _ENCODER.encode(delay_ms))
     return ("{" + ",".join(parts) + "}\n").encode("ascii")
 
 
