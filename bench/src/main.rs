@@ -228,6 +228,21 @@ struct Ffd {
     logs: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// User + system CPU time of the process whose `stat` file this is, in µs
+/// (clock ticks of 10 ms: read over a second or more).
+fn cpu_us_of(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // The command name may hold spaces: fields count from after its ')'.
+    let after = text.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1e6 / hz
+}
+
 fn start_ffd(o: &Opts, name: &str, config: &str, args: &[&str], cpu: Option<usize>) -> Ffd {
     let dir = o.dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -296,6 +311,32 @@ impl Ffd {
                 .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Context switches of all of ffd's threads so far.
+    fn switches(&self) -> u64 {
+        let mut n = 0;
+        let dir = format!("/proc/{}/task", self.child.id());
+        for t in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            for l in status.lines() {
+                if l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+                {
+                    n += l
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        n
+    }
+
+    /// CPU time ffd has used (user + system), in µs.
+    fn cpu_us(&self) -> f64 {
+        cpu_us_of(&format!("/proc/{}/stat", self.child.id()))
     }
 
     fn stop(mut self) {
@@ -680,9 +721,14 @@ fn main() {
             targets.push(("nginx", n.url()));
         }
         for (ti, (name, base)) in targets.iter().enumerate() {
+            let own0 = cpu_us_of("/proc/self/stat");
             let ceilings: Vec<f64> = (0..sizes.repeat)
                 .map(|_| plain_hyper(&format!("{base}/plain"), sizes.deliver_n, conc))
                 .collect();
+            // Client and server both live in this process for the plain pool
+            // (nginx's own CPU is not counted: the sink's row is the one to read).
+            let plain_cpu =
+                (cpu_us_of("/proc/self/stat") - own0) / (sizes.repeat * sizes.deliver_n) as f64;
             let ceiling = median(ceilings.clone());
             let mut deliver_runs = Vec::new();
             for r in 0..sizes.repeat {
@@ -721,6 +767,7 @@ fn main() {
                 // delivery path alone does beside the plain pool (the row
                 // above also pays for reading and storing every send).
                 let mut drain_runs = Vec::new();
+                let (mut ffd_cpu, mut sink_cpu, mut ffd_cs) = (Vec::new(), Vec::new(), Vec::new());
                 for r in 0..sizes.repeat {
                     let f = start_ffd(&o, &format!("drain-{r}"), &dcfg, &[], None);
                     let line = send_line(&format!("{base}/drain"), ",\"delay_ms\":1500");
@@ -732,6 +779,7 @@ fn main() {
                     }
                     let t0 = Instant::now();
                     let first = sink.count();
+                    let (f0, s0, c0) = (f.cpu_us(), cpu_us_of("/proc/self/stat"), f.switches());
                     if let Some(d) = sink.wait_until(
                         base_count + sizes.deliver_n as u64,
                         t0,
@@ -739,6 +787,9 @@ fn main() {
                     ) {
                         let n = base_count + sizes.deliver_n as u64 - first;
                         drain_runs.push(n as f64 / d.as_secs_f64());
+                        ffd_cpu.push((f.cpu_us() - f0) / n as f64);
+                        sink_cpu.push((cpu_us_of("/proc/self/stat") - s0) / n as f64);
+                        ffd_cs.push((f.switches() - c0) as f64 / n as f64);
                     }
                     f.stop();
                 }
@@ -755,6 +806,24 @@ fn main() {
                             met(v >= 0.9 * ceiling)
                         ),
                     ));
+                    // Where the time goes: CPU per request, against the
+                    // plain pool's (its client and this server together).
+                    if !ffd_cpu.is_empty() {
+                        let (fc, sc) = (median(ffd_cpu), median(sink_cpu));
+                        rows.push(row(
+                            "deliver",
+                            "CPU per request, delivered from a queued backlog: ffd + server",
+                            format!("{:.1} µs + {:.1} µs", fc, sc),
+                            format!("plain pool client + server {plain_cpu:.1} µs"),
+                            format!("{:.2}×", plain_cpu / (fc + sc)),
+                            format!(
+                                "cores busy while draining: {:.2} of {}; ffd's context switches per request: {:.2}",
+                                (fc + sc) * v / 1e6,
+                                cpus,
+                                median(ffd_cs)
+                            ),
+                        ));
+                    }
                 }
             }
             if let Some(w) = wrk(&format!("{base}/wrk"), conc, o.smoke) {
