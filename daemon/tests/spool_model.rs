@@ -47,6 +47,8 @@ struct World {
     /// At this call the process stops: a write lands torn, and every later
     /// call fails without effect until the reopen.
     freeze_at: Option<u64>,
+    /// The disk is full: new files and appends fail with ENOSPC.
+    full: bool,
     frozen: bool,
     rng: u64,
 }
@@ -137,6 +139,9 @@ impl SimFs {
 impl SegmentFile for SimFile {
     fn append(&self, buf: &[u8]) -> io::Result<()> {
         let mut w = self.world.lock().unwrap();
+        if w.full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         match w.step() {
             Step::Go => {
                 w.inodes[self.ino].data.extend_from_slice(buf);
@@ -203,6 +208,9 @@ impl Fs for SimFs {
         let mut w = self.world();
         if w.names.contains_key(path) {
             return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        if w.full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         match w.step() {
             Step::Go => {}
@@ -578,6 +586,52 @@ fn run_case(mode: FsyncMode, seed: u64, ops: &[Op]) -> Result<(), String> {
     fs.world().crash(mode);
     let (spool, replay) = open(&fs, mode);
     m.check_replay(&spool, replay)
+}
+
+/// Started on a full disk, a spool keeps a delivered request's outcome in
+/// memory; the disk is freed, and ffd is stopped before the flusher's next
+/// try. `close` must write the outcome then, whatever its retry gate says
+/// (once, a start on a full disk then a SIGTERM just after the disk was
+/// freed left the outcome unwritten, and the request was delivered again
+/// after the restart).
+#[test]
+fn close_writes_outcomes_kept_while_the_disk_was_full() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let fs = SimFs(Arc::new(Mutex::new(World {
+        rng: 1,
+        ..World::default()
+    })));
+    let (spool, _) = open(&fs, FsyncMode::Never);
+    let job = new_job(1);
+    // Another request in the same segment keeps it from being deleted
+    // (deleting it would take the delivered request's record along).
+    rt.block_on(spool.append(vec![job.clone(), new_job(2)]))
+        .expect("appended");
+    rt.block_on(spool.close());
+    drop(spool);
+
+    fs.world().full = true;
+    let (spool, replay) = open(&fs, FsyncMode::Never);
+    let loc = replay
+        .jobs
+        .iter()
+        .find(|r| r.id == job.key)
+        .map(|r| r.loc)
+        .expect("replayed");
+    let delivered = Outcome::after_attempt(Kind::Delivered, 1, 0, Some(200), None, None, 7);
+    spool.record(&job.key, Some(loc), delivered);
+    assert!(spool.flush().is_err(), "no room for a segment yet");
+    fs.world().full = false;
+    rt.block_on(spool.close());
+    drop(spool);
+
+    let (_, replay) = open(&fs, FsyncMode::Never);
+    assert!(
+        !replay.jobs.iter().any(|r| r.id == job.key),
+        "the delivered request would be sent again"
+    );
 }
 
 /// Cases per mode; `PROPTEST_CASES` overrides.

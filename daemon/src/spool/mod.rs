@@ -371,6 +371,11 @@ impl Spool {
     /// Writes what is buffered, syncs and stops; later appends fail with `Closed`.
     pub async fn close(&self) {
         let mut inner = self.lock();
+        // The last chance for outcomes kept in memory while the disk was
+        // full: tried now, whatever the gate between tries of a new segment
+        // says (the disk may have been freed a moment ago). Each one lost
+        // here is a delivery made again after the restart.
+        inner.create_retry_at = None;
         let _ = self.write_out(&mut inner);
         if let Some(f) = &inner.file {
             let _ = f.sync_data();
